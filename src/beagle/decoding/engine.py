@@ -1,0 +1,256 @@
+"""The decoding engine: autoregressive and speculative (EAGLE-2 dynamic tree) through one code path.
+
+One round of speculative decoding::
+
+    root token (decided, not yet in the target cache) ─┐
+    draft tree (build_tree) ──────────────────────────┤─> one target pass over [root, tree]
+                                                       │   with the tree mask (verification)
+    accept_path ──> target cache keeps root + accepted path (contiguous)
+                ──> draft commits their true states (start_round) and drafts the bonus token's root
+
+Without a draft the same target code runs one token per pass (the AR baseline).
+Batch size 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from beagle.decoding.sampling import GenerationSettings, choose_tokens
+from beagle.decoding.stats import DecodeStats
+from beagle.decoding.tree import TreeSettings, build_tree
+from beagle.decoding.verify import accept_path
+from beagle.errors import BeagleError
+from beagle.target.cache import keep_cache_entries, tree_attention_mask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]
+    text: str
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "stats": self.stats.to_dict()}
+
+
+class SpeculativeGenerator:
+    """Generate with ``target`` (a :class:`~beagle.target.model.TargetModel`), speculatively when
+    ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode."""
+
+    def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True):
+        self.target = target
+        self.draft = draft
+        self.tree = (tree or TreeSettings()).validate(target.vocab_size)
+        self.concat = concat
+        if draft is not None:
+            draft.config.check_target(target.fingerprint())
+            if draft._shared is None:
+                draft.bind_target(target)
+        self.eos_ids = target.eos_token_ids()
+        self.last_stats = DecodeStats()
+
+    # ---------------------------------------------------------------- API
+    def generate(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> GenerationOutput:
+        """prompt_ids: list[int] or [T] / [1, T] tensor. Returns the new tokens, their text and stats."""
+        settings = _settings(settings, overrides)
+        stats = DecodeStats()
+        tokens: list[int] = []
+        for chunk in self._accepted_chunks(prompt_ids, settings, stats):
+            tokens.extend(chunk)
+        text = self._decode(tokens)
+        tokens, text = self._apply_stop_strings(tokens, text, settings, stats)
+        self.last_stats = stats
+        return GenerationOutput(tokens, text, stats)
+
+    def chat(self, messages: list[dict], settings: GenerationSettings | None = None, **overrides) -> GenerationOutput:
+        """messages: [{"role", "content"}, ...] rendered with the target's chat template."""
+        return self.generate(self.target.encode_chat(messages), settings, **overrides)
+
+    def stream(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> Iterator[str]:
+        """Yield text chunks as tokens are accepted; ``self.last_stats`` holds the stats afterwards."""
+        settings = _settings(settings, overrides)
+        stats = DecodeStats()
+        self.last_stats = stats
+        tokens: list[int] = []
+        shown = 0
+        hold = max((len(s) for s in settings.stop), default=1) - 1
+        for chunk in self._accepted_chunks(prompt_ids, settings, stats):
+            tokens.extend(chunk)
+            text = self._decode(tokens)
+            cut = _find_stop(text, settings.stop)
+            if cut is not None:
+                stats.stop_reason = "stop_string"
+                if cut > shown:
+                    yield text[shown:cut]
+                return
+            ready = len(text) - hold
+            while ready > shown and text[ready - 1] == "\ufffd":  # incomplete UTF-8 sequence
+                ready -= 1
+            if ready > shown:
+                yield text[shown:ready]
+                shown = ready
+        text = self._decode(tokens)
+        if len(text) > shown:
+            yield text[shown:]
+
+    # --------------------------------------------------------- token rounds
+    def _accepted_chunks(self, prompt_ids, settings: GenerationSettings, stats: DecodeStats) -> Iterator[list[int]]:
+        """Tokens per target pass, truncated at EOS and max_new_tokens."""
+        prompt = _as_list(prompt_ids)
+        self._check_lengths(prompt, settings)
+        started = time.perf_counter()
+        emitted = 0
+        try:
+            rounds = self._rounds(prompt, settings, stats, lambda: settings.max_new_tokens - emitted)
+            for chunk in rounds:
+                chunk = chunk[: settings.max_new_tokens - emitted]
+                if not settings.ignore_eos:
+                    for index, token in enumerate(chunk):
+                        if token in self.eos_ids:
+                            chunk = chunk[: index + 1]
+                            stats.stop_reason = "eos"
+                            break
+                emitted += len(chunk)
+                stats.new_tokens = emitted
+                yield chunk
+                if stats.stop_reason == "eos":
+                    break
+                if emitted >= settings.max_new_tokens:
+                    stats.stop_reason = "length"
+                    break
+        finally:
+            _synchronize(self.target.device)
+            stats.time_total = time.perf_counter() - started
+
+    def _rounds(self, prompt: list[int], settings, stats, remaining) -> Iterator[list[int]]:
+        target = self.target
+        device = target.device
+        generator = None
+        if not settings.greedy:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
+        cache = target.new_cache()
+        prompt_tensor = torch.tensor([prompt], device=device)
+        clock = time.perf_counter()
+        hidden = target.forward(prompt_tensor, cache)
+        token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
+        stats.target_passes += 1
+        _synchronize(device)
+        stats.time_prefill += time.perf_counter() - clock
+        yield [token]
+        position = len(prompt)  # position of `token`, the next input to the target
+        if self.draft is None:
+            while True:
+                hidden = target.forward(torch.tensor([[token]], device=device), cache)
+                token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
+                stats.target_passes += 1
+                position += 1
+                yield [token]
+        draft = self.draft
+        clock = time.perf_counter()
+        draft_cache = draft.new_cache(capacity=len(prompt) + settings.max_new_tokens + 2 * self.tree.depth + 8)
+        draft_cache.concat = self.concat
+        with torch.no_grad():
+            root_hidden = draft.start_round(draft_cache, prompt_tensor[0], hidden[0], 0, token)
+        _synchronize(device)
+        stats.time_draft += time.perf_counter() - clock
+        while True:
+            clock = time.perf_counter()
+            max_depth = min(remaining() - 1, target.max_length - 1 - position)
+            with torch.no_grad():
+                tree = build_tree(draft, draft_cache, root_hidden, self.tree, max(max_depth, 1))
+            draft_cache.reset_tree()
+            _synchronize(device)
+            stats.time_draft += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            tree_tokens = tree.tokens.to(device)
+            inputs = torch.cat([torch.tensor([token], device=device), tree_tokens])[None]
+            positions = position + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
+            mask = tree_attention_mask(position, tree.ancestry().to(device), target.dtype)
+            hidden = target.forward(inputs, cache, positions[None], mask)
+            choices = choose_tokens(target.logits(hidden[0]), settings, generator)
+            verdict = accept_path(tree, choices)
+            keep = torch.tensor([0] + [node + 1 for node in verdict.path], device=device)
+            keep_cache_entries(cache, position, keep)
+            stats.target_passes += 1
+            stats.accept_lengths.append(len(verdict.path))
+            stats.tree_depths.append(tree.depth)
+            _synchronize(device)
+            stats.time_verify += time.perf_counter() - clock
+
+            accepted = inputs[0, keep]
+            yield accepted[1:].tolist() + [verdict.bonus]
+
+            clock = time.perf_counter()
+            with torch.no_grad():
+                root_hidden = draft.start_round(draft_cache, accepted, hidden[0, keep], position, verdict.bonus)
+            position += int(keep.shape[0])
+            token = verdict.bonus
+            _synchronize(device)
+            stats.time_draft += time.perf_counter() - clock
+
+    # ------------------------------------------------------------- helpers
+    def _check_lengths(self, prompt: list[int], settings: GenerationSettings) -> None:
+        if not prompt:
+            raise BeagleError("the prompt is empty; give at least one token")
+        vocab = self.target.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise BeagleError(f"prompt token ids must be in [0, {vocab}); got {min(prompt)}..{max(prompt)}")
+        limit = self.target.max_length
+        if len(prompt) + settings.max_new_tokens > limit:
+            raise BeagleError(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({settings.max_new_tokens}) exceeds the "
+                f"target's context length ({limit}); shorten the prompt or lower max_new_tokens"
+            )
+
+    def _decode(self, tokens: list[int]) -> str:
+        tokenizer = self.target.tokenizer
+        return tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else ""
+
+    def _apply_stop_strings(self, tokens, text, settings, stats):
+        cut = _find_stop(text, settings.stop)
+        if cut is None:
+            return tokens, text
+        stats.stop_reason = "stop_string"
+        # Keep the shortest token prefix whose text reaches the stop string.
+        for count in range(1, len(tokens) + 1):
+            if _find_stop(self._decode(tokens[:count]), settings.stop) is not None:
+                return tokens[:count], text[:cut]
+        return tokens, text[:cut]
+
+
+def _settings(settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
+    settings = settings or GenerationSettings()
+    if overrides:
+        settings = GenerationSettings(**{**settings.__dict__, **overrides})
+    return settings.validate()
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(stop) for stop in stops if stop]
+    positions = [p for p in positions if p >= 0]
+    return min(positions) if positions else None
+
+
+def _as_list(prompt_ids) -> list[int]:
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2:
+            if prompt_ids.shape[0] != 1:
+                raise BeagleError(f"batch size must be 1, got prompt of shape {tuple(prompt_ids.shape)}")
+            prompt_ids = prompt_ids[0]
+        return [int(t) for t in prompt_ids.tolist()]
+    return [int(t) for t in prompt_ids]
+
+
+def _synchronize(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

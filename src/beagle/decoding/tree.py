@@ -1,0 +1,124 @@
+"""EAGLE-2 dynamic draft tree, built with tensor operations on the draft's device.
+
+Expansion: the root's top-k children form level 1; each level's k nodes are expanded to
+their top-k children and the k best of those k² candidates, by cumulative draft
+log-probability, form the next level. Every candidate ever scored joins a pool; the
+``total_tokens`` best of the pool (global rerank) make the tree. A child's cumulative score
+never exceeds its parent's, and ties are broken towards shallower nodes, so the chosen set
+is closed under ancestry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from beagle.errors import BeagleError
+
+
+@dataclass
+class TreeSettings:
+    """depth: draft levels; top_k: children per expanded node and nodes per level; total_tokens: tree size."""
+
+    depth: int = 5
+    top_k: int = 10
+    total_tokens: int = 60
+
+    def max_nodes(self) -> int:
+        return self.top_k + (self.depth - 1) * self.top_k**2
+
+    def validate(self, vocab_size: int | None = None) -> "TreeSettings":
+        for name in ("depth", "top_k", "total_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise BeagleError(f"tree {name} must be a positive integer, got {value!r}")
+        if self.total_tokens > self.max_nodes():
+            raise BeagleError(
+                f"total_tokens={self.total_tokens} is more than a depth-{self.depth}, top-k-{self.top_k} tree "
+                f"can hold ({self.max_nodes()}); lower --total-tokens or raise --depth/--tree-top-k"
+            )
+        if vocab_size is not None and self.top_k > vocab_size:
+            raise BeagleError(f"tree top_k={self.top_k} exceeds the vocabulary size {vocab_size}")
+        return self
+
+
+@dataclass
+class DraftTree:
+    """A draft tree of N nodes in topological order (parents before children).
+
+    tokens: [N]; parents: [N] index of the parent node, -1 for children of the root;
+    depths: [N] (1 = child of the root); scores: [N] cumulative draft log-probabilities.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    depths: torch.Tensor
+    scores: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def depth(self) -> int:
+        return int(self.depths.max()) if len(self) else 0
+
+    def ancestry(self) -> torch.Tensor:
+        """[N+1, N+1] bool, row i = nodes visible to node i (itself and its ancestors); node 0 is the root."""
+        count = len(self) + 1
+        device = self.tokens.device
+        visible = torch.eye(count, dtype=torch.bool, device=device)
+        parent_rows = self.parents + 1  # root -> 0
+        depths = self.depths
+        for level in range(1, self.depth + 1):
+            rows = torch.nonzero(depths == level)[:, 0] + 1
+            visible[rows] |= visible[parent_rows[rows - 1]]
+        return visible
+
+
+def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, max_depth: int | None = None) -> DraftTree:
+    """Draft a dynamic tree from the root's draft state.
+
+    draft: a :class:`~beagle.models.base.DraftModel` with a round started on ``cache``;
+    root_hidden: [1, d]; max_depth caps the depth (remaining budget / context).
+    """
+    depth = min(settings.depth, max_depth) if max_depth is not None else settings.depth
+    depth = max(depth, 1)
+    top_k = settings.top_k
+    log_probs = torch.log_softmax(draft.logits(root_hidden), dim=-1)[0]  # [V]
+    level_scores, level_tokens = torch.topk(log_probs, top_k)  # [k]
+    device = level_tokens.device
+    pool_tokens = [level_tokens]
+    pool_scores = [level_scores]
+    pool_parents = [torch.full((top_k,), -1, dtype=torch.long, device=device)]
+    pool_depths = [torch.ones(top_k, dtype=torch.long, device=device)]
+    level_pool_index = torch.arange(top_k, device=device)
+    level_parents = torch.zeros(top_k, dtype=torch.long, device=device)  # all children of the root
+    pool_size = top_k
+    for level in range(2, depth + 1):
+        hidden = draft.expand(cache, level_tokens, level_parents)  # states of the previous level's nodes
+        child_log_probs = torch.log_softmax(draft.logits(hidden), dim=-1)  # [k, V]
+        child_scores, child_tokens = torch.topk(child_log_probs, top_k, dim=-1)  # [k, k]
+        cumulative = (level_scores[:, None] + child_scores).flatten()  # [k*k]
+        pool_tokens.append(child_tokens.flatten())
+        pool_scores.append(cumulative)
+        pool_parents.append(level_pool_index.repeat_interleave(top_k))
+        pool_depths.append(torch.full((top_k * top_k,), level, dtype=torch.long, device=device))
+        level_scores, best = torch.topk(cumulative, top_k)
+        level_tokens = child_tokens.flatten()[best]
+        level_parents = best // top_k
+        level_pool_index = pool_size + best
+        pool_size += top_k * top_k
+    tokens = torch.cat(pool_tokens)
+    scores = torch.cat(pool_scores)
+    parents = torch.cat(pool_parents)
+    depths = torch.cat(pool_depths)
+    # Global rerank; the tiny depth penalty breaks score ties towards ancestors.
+    keys = scores.double() - 1e-9 * depths.double()
+    total = min(settings.total_tokens, tokens.shape[0])
+    chosen = torch.topk(keys, total).indices.sort().values  # pool order is topological
+    position = torch.full((tokens.shape[0],), -1, dtype=torch.long, device=device)
+    position[chosen] = torch.arange(total, device=device)
+    chosen_parents = parents[chosen]
+    tree_parents = torch.where(chosen_parents >= 0, position[chosen_parents.clamp(min=0)], chosen_parents)
+    return DraftTree(tokens[chosen], tree_parents, depths[chosen], scores[chosen])

@@ -1,0 +1,62 @@
+"""Tree verification: which drafted tokens the target accepts, losslessly.
+
+Rule (greedy and sampling alike). For the root and every tree node u the target makes one
+choice c_u from its own distribution p_u at that node (the argmax when greedy; an
+independent sample of the temperature/top-k/top-p distribution when sampling). Starting
+at the root, move to the child whose token equals c_u; stop when no child matches. The
+tokens on the path are accepted and c_u of the last node is the bonus token.
+
+Why this is lossless. Siblings carry distinct tokens (top-k of one draft distribution),
+so at most one child matches. Whatever the tree, the token appended after prefix x is c_u
+~ p(· | x): the tree only decides whether the *next* node's choice was already computed
+in this pass. By induction over accepted positions, the generated sequence has exactly
+the target's autoregressive distribution. This is the same as EAGLE's sequential rule for
+deterministic top-k children with draft probability q = 1 ("accept child c_i with
+probability p(c_i) / (1 - Σ_{j<i} p(c_j)), else zero it, renormalise the residual and try
+the next sibling; if all fail, sample the residual"): that walk returns token t with
+probability p(t), i.e. it *is* sampling c_u ~ p_u and checking it against the children,
+only with different random numbers. ``tests/test_sampling_lossless.py`` checks the joint
+distribution of the first generated tokens against exact target probabilities, and shows
+that a broken rule fails the same test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from beagle.decoding.tree import DraftTree
+
+
+@dataclass
+class Verdict:
+    """path: accepted tree nodes (0-based node indices, root excluded), root to leaf;
+    bonus: the target's choice after the last accepted node."""
+
+    path: list[int]
+    bonus: int
+
+
+def accept_path(tree: DraftTree, choices: torch.Tensor) -> Verdict:
+    """choices: [N+1] the target's choice at the root (index 0) and at each node (1..N)."""
+    count = len(tree)
+    device = choices.device
+    parent_rows = tree.parents.to(device) + 1  # root -> row 0
+    matches = tree.tokens.to(device) == choices[parent_rows]  # [N]
+    accepted = torch.zeros(count + 1, dtype=torch.bool, device=device)
+    accepted[0] = True
+    depths = tree.depths.to(device)
+    for level in range(1, tree.depth + 1):
+        rows = torch.nonzero(depths == level)[:, 0] + 1
+        accepted[rows] = matches[rows - 1] & accepted[parent_rows[rows - 1]]
+    depth_of_row = torch.cat([torch.zeros(1, dtype=depths.dtype, device=device), depths])
+    deepest = int(torch.where(accepted, depth_of_row, -1).argmax())
+    path: list[int] = []
+    parents = tree.parents.tolist()
+    node = deepest - 1
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    path.reverse()
+    return Verdict(path=path, bonus=int(choices[deepest]))

@@ -1,0 +1,108 @@
+"""Beagle draft: one cross-attention block (paper §1, Eq. 1–2).
+
+    y_n = CrossAttn(Q from e(t_n); K, V from states h_j, j < n) + e(t_n)     # residual on the embedding
+    h_n = MLP(y_n) + y_n                                                     # draft state, predicts t_{n+1}
+
+Queries come from the token embedding, keys/values from *states*: the target's true top
+states, or (while drafting) the draft's own states along the node's ancestry. The
+diagonal is masked too (query n sees states j < n). Pre-RMSNorm on each input stream
+and before the MLP, RoPE at each side's own positions, GQA as in the target. No fusion
+layer, no self-attention, no final norm (the target's LM head reads h_n directly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from beagle.models.base import DraftModel, register
+from beagle.models.config import DraftConfig
+from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+
+
+@register("beagle")
+class BeagleDraft(DraftModel):
+    def __init__(self, config: DraftConfig):
+        super().__init__(config)
+        size, eps = config.hidden_size, config.rms_norm_eps
+        self.query_norm = RMSNorm(size, eps)
+        self.state_norm = RMSNorm(size, eps)
+        self.cross_attn = Attention(config)
+        self.mlp_norm = RMSNorm(size, eps)
+        self.mlp = SwiGLU(config)
+        self.rotary = RotaryEmbedding(config)
+
+    # ------------------------------------------------------------- Eq. 1–2
+    def project_states(self, states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K_j = norm(h_j) W_K (rotated at position j), V_j = norm(h_j) W_V.
+
+        states: [B, S, d]; positions: [B, S] -> keys, values: [B, KV, S, hd].
+        """
+        states = states.to(self.dtype)
+        return self.cross_attn.project_kv(self.state_norm(states), self.rotary(positions, states.dtype))
+
+    def decode(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Draft states of query tokens. token_ids/positions: [B, T]; keys/values: [B, KV, S, hd];
+        mask: [B or 1, 1, T, S] bool (True = visible) or None (all visible). Returns [B, T, d]."""
+        embedded = self.embed_tokens(token_ids)
+        rope = self.rotary(positions, embedded.dtype)
+        attended = self.cross_attn(self.query_norm(embedded), rope, keys, values, mask) + embedded
+        return self.mlp(self.mlp_norm(attended)) + attended
+
+    def forward(self, token_ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Training forward over one sequence batch. token_ids: [B, T]; states: [B, S, d] at
+        positions 0..S-1 (S = T, or 2T with a predicted-state buffer at positions 0..T-1 again);
+        mask: [B, 1, T, S] bool. Returns draft states [B, T, d]."""
+        batch, length = token_ids.shape
+        positions = torch.arange(length, device=token_ids.device).expand(batch, length)
+        state_positions = positions.repeat(1, states.shape[1] // length)
+        keys, values = self.project_states(states, state_positions)
+        return self.decode(token_ids, positions, keys, values, mask)
+
+    # ------------------------------------------------------------ inference
+    def start_round(self, cache, new_tokens, new_states, start, root_token) -> torch.Tensor:
+        """Commit K/V of the true states at positions start..start+L-1 and draft the root.
+
+        new_tokens: [L] (unused: Beagle needs states only); new_states: [L, d]; root_token: int
+        at position start+L. Returns the root's draft state [1, d].
+        """
+        device = self.device
+        count = new_states.shape[0]
+        if count:
+            positions = torch.arange(start, start + count, device=device)[None]
+            keys, values = self.project_states(new_states[None].to(device), positions)
+            cache.commit(keys, values)
+        root_position = start + count
+        keys, values = cache.visible()
+        root = torch.tensor([[int(root_token)]], device=device)
+        hidden = self.decode(root, torch.tensor([[root_position]], device=device), keys, values, None)[0]
+        cache.begin_tree(root_position, hidden)
+        return hidden
+
+    def expand(self, cache, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """One tree level. tokens: [n] children of previous-level nodes ``parents`` [n].
+
+        concat (default): the previous level's draft states are appended lazily as K/V
+        (the last level's states are never appended), each node seeing its own ancestry.
+        no-concat: nodes see the true states only.
+        """
+        cache.level += 1
+        position = cache.root_position + cache.level
+        if cache.concat:
+            previous = cache.level_hidden  # [m, d] states at position - 1
+            positions = torch.full((1, previous.shape[0]), position - 1, device=self.device)
+            keys, values = self.project_states(previous[None], positions)
+            cache.add_tree_entries(keys, values, parents, owner=parents)
+        else:
+            cache.inherit(parents)
+        keys, values = cache.visible()
+        positions = torch.full((1, tokens.shape[0]), position, device=self.device)
+        hidden = self.decode(tokens[None].to(self.device), positions, keys, values, cache.mask())[0]
+        cache.level_hidden = hidden
+        return hidden

@@ -1,0 +1,104 @@
+"""Draft configuration: the draft's shapes (mirroring the target's attention) and the target fingerprint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from beagle.errors import BeagleError, IncompatibleDraftError
+
+ARCHITECTURES = ("beagle", "eagle2")
+
+
+@dataclass
+class DraftConfig:
+    """Shapes of a one-layer draft. Built from a target config with :meth:`from_target`.
+
+    arch: "beagle" (cross-attention, the paper's model) or "eagle2" (fc + self-attention baseline).
+    target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers).
+    """
+
+    arch: str
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-6
+    rope_parameters: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    max_position_embeddings: int = 4096
+    attention_bias: bool = False
+    target: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise BeagleError(f"unknown draft architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise BeagleError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+
+    @classmethod
+    def from_target(cls, target_config, arch: str, fingerprint: dict | None = None) -> "DraftConfig":
+        """Mirror the target's attention shape (heads, KV heads, head dim, RoPE) and MLP width."""
+        heads = target_config.num_attention_heads
+        head_dim = getattr(target_config, "head_dim", None) or target_config.hidden_size // heads
+        return cls(
+            arch=arch,
+            hidden_size=target_config.hidden_size,
+            num_attention_heads=heads,
+            num_key_value_heads=getattr(target_config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            intermediate_size=target_config.intermediate_size,
+            vocab_size=target_config.vocab_size,
+            rms_norm_eps=getattr(target_config, "rms_norm_eps", 1e-6),
+            rope_parameters=_rope_parameters(target_config),
+            max_position_embeddings=getattr(target_config, "max_position_embeddings", 4096),
+            target=dict(fingerprint or {}),
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "DraftConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise BeagleError(f"cannot read draft config {path}: {error}") from error
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def check_target(self, fingerprint: dict) -> None:
+        """Raise IncompatibleDraftError when the target's shapes differ from the ones trained for."""
+        mismatches = [
+            f"{key}: draft expects {self.target.get(key)}, target has {fingerprint.get(key)}"
+            for key in ("vocab_size", "hidden_size", "num_hidden_layers")
+            if self.target.get(key) is not None and self.target.get(key) != fingerprint.get(key)
+        ]
+        if fingerprint.get("hidden_size") not in (None, self.hidden_size):
+            mismatches.append(f"hidden_size: draft width {self.hidden_size}, target {fingerprint.get('hidden_size')}")
+        if mismatches:
+            raise IncompatibleDraftError(
+                f"draft trained for target {self.target.get('name')!r} does not fit target "
+                f"{fingerprint.get('name')!r} ({'; '.join(dict.fromkeys(mismatches))}). "
+                "Train a draft for this target with `beagle train`, or pass the matching --target."
+            )
+
+
+def _rope_parameters(config) -> dict:
+    parameters = getattr(config, "rope_parameters", None)
+    if isinstance(parameters, dict) and parameters:
+        out = dict(parameters)
+    else:  # older configs: rope_theta + rope_scaling
+        out = dict(getattr(config, "rope_scaling", None) or {})
+        out.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    out.setdefault("rope_type", out.pop("type", "default") if "type" in out else "default")
+    return {key: value for key, value in out.items()}
