@@ -126,12 +126,13 @@ def test_bad_input(llama_target, tmp_path):
         generator.generate([1, 2], GenerationSettings(top_p=0))
     with pytest.raises(BeagleError, match="in \\[0, 97\\)"):
         generator.generate([1, 500], _greedy())
+    draft = build_draft(llama_target, "beagle")
     with pytest.raises(BeagleError, match="total_tokens"):
-        SpeculativeGenerator(llama_target, None, TreeSettings(2, 3, 100))
+        SpeculativeGenerator(llama_target, draft, TreeSettings(2, 3, 100))
     with pytest.raises(BeagleError, match="depth"):
-        SpeculativeGenerator(llama_target, None, TreeSettings(0, 3, 3))
+        SpeculativeGenerator(llama_target, draft, TreeSettings(0, 3, 3))
     with pytest.raises(BeagleError, match="vocabulary"):
-        SpeculativeGenerator(llama_target, None, TreeSettings(1, 200, 100))
+        SpeculativeGenerator(llama_target, draft, TreeSettings(1, 200, 100))
     other = make_tiny_target("llama", vocab_size=50)
     with pytest.raises(IncompatibleDraftError):
         SpeculativeGenerator(other, build_draft(llama_target, "eagle2"))

@@ -286,7 +286,7 @@ def run_benchmark(
                 order = rotated(names, index)
                 results: dict[str, dict] = {}
                 for name in order:
-                    bar.set_postfix_str(f"{prompt.id}/{turn + 1} {name}", refresh=False)
+                    bar.set_postfix_str(f"{prompt.id}/{turn + 1} {name}")
                     run = runners[name].run(ids, turn_settings)
                     results[name] = _run_record(run, runners[name].method)
                     bar.update(1)

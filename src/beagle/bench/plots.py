@@ -63,7 +63,7 @@ def plot_speedup_by_category(results: dict, path) -> Path | None:
     labels = list(categories) + ["all"]
     values = {name: [categories[c][name].get(key) or 0.0 for c in categories] + [results["summary"][name].get(key) or 0.0]
               for name in shown}
-    figure = _figure(max(7.0, 1.0 + 0.35 * len(labels) * len(shown)), 4.5)
+    figure = _figure(max(8.0, 2.5 + 0.3 * len(labels) * len(shown)), 4.5)
     axes = figure.add_subplot()
     width = 0.8 / len(shown)
     for offset, name in enumerate(shown):
@@ -74,7 +74,7 @@ def plot_speedup_by_category(results: dict, path) -> Path | None:
     axes.set_xticklabels(labels, rotation=30, ha="right")
     axes.set_ylabel(f"speedup vs {baseline} (tokens/s ratio)")
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.set_title(_title(results, f"Speedup vs {baseline} by category"), fontsize=9)
     figure.tight_layout()
     figure.savefig(path)

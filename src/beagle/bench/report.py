@@ -151,7 +151,7 @@ def markdown_report(results: dict) -> str:
         "# Beagle benchmark",
         "",
         f"- target: `{target.get('name')}` ({target.get('dtype')}) on {env.get('device_name')} ({env.get('device_type')})",
-        f"- prompts: `{prompts.get('source')}`: {prompts.get('count')} prompts, {prompts.get('timed_turns')} timed turns"
+        f"- prompts: `{prompts.get('source') or 'given in code'}`: {prompts.get('count')} prompts, {prompts.get('timed_turns')} timed turns"
         + (f", {len(prompts.get('skipped', []))} skipped" if prompts.get("skipped") else "")
         + f"; categories: {', '.join(prompts.get('categories', []))}",
         f"- generation: max_new_tokens={generation.get('max_new_tokens')}, temperature={generation.get('temperature')}, "

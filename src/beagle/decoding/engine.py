@@ -49,7 +49,9 @@ class SpeculativeGenerator:
         self.target = target
         self.verifier = verifier or TreeVerifier()
         self.draft = draft
-        self.tree = (tree or TreeSettings()).validate(target.vocab_size)
+        self.tree = tree or TreeSettings()
+        if draft is not None:
+            self.tree.validate(target.vocab_size)
         self.concat = concat
         if draft is not None:
             draft.config.check_target(target.fingerprint())

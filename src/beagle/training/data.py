@@ -238,7 +238,7 @@ class ChatEncoder:
 
     def _prefix_span(self, messages, index, text) -> tuple[int, int] | None:
         try:
-            before = self.render(messages[:index], add_generation_prompt=True) if index else ""
+            before = self.render(messages[:index], add_generation_prompt=True)
             upto = self.render(messages[: index + 1])
         except Exception:
             return None

@@ -1,0 +1,576 @@
+"""The training loop: both draft architectures, online or offline features, resume, data parallel.
+
+One optimizer step::
+
+    global batch (batch_size sequences, deterministic order)  ──split──> ranks ──split──> micro-batches
+    counts of loss positions, summed over the global batch (all_reduce)      # so every split gives one mean
+    for each micro-batch: target states (online, or read from datagen shards) -> objective -> backward
+    all_reduce(sum) of gradients  ->  clip (norm 0.5)  ->  AdamW  ->  LR schedule (warm-up, then constant)
+
+Beagle trains ``epochs_stage1`` epochs of L_early (inverse block mask) then ``epochs_stage2`` epochs of
+the stage-2 simulation; EAGLE-2 trains the same number of epochs with its own loss (or TTT).
+Randomness that touches training (noise, window offsets) is drawn per sequence from
+(seed, step, sequence index), so results do not depend on the batch split, the number of ranks or
+on resuming. After each epoch: held-out evaluation (simulated acceptance, τ) and an atomic checkpoint:
+``out/config.json`` + ``out/model.safetensors`` (the draft) and ``out/trainer_state.pt``.
+
+Data parallel: launched by ``torchrun`` (RANK / WORLD_SIZE set), every rank holds the draft and a
+replica of the target and processes its share of each global batch; gradients are summed with one
+all_reduce per step (not ``DistributedDataParallel``: the stage-2 objective backpropagates once per
+simulated step, which a manual all_reduce handles without per-backward syncs). Rank 0 writes
+checkpoints and logs. FSDP / sharded targets are not implemented.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from beagle.errors import BeagleError
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.pt"
+STATE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``beagle train`` (defaults follow the paper, App. A.3)."""
+
+    target: str | None = None  # HF folder / hub id (or pass a TargetModel to train())
+    data: str | None = None  # conversations (JSON / JSONL), see beagle.training.data
+    features: str | None = None  # or a `beagle datagen` folder
+    arch: str = "beagle"  # beagle | eagle2
+    out: str = "runs/draft"
+    epochs_stage1: int = 10
+    epochs_stage2: int = 10
+    window: int = 5  # stage-1 window k
+    sim_steps: int = 4  # stage-2 simulated steps s
+    stage2_window: int | None = None  # stage-2 window (default: sim_steps)
+    ttt_steps: int = 0  # EAGLE-2 only: EAGLE-3-style unrolled steps (0/1 = plain EAGLE-2)
+    max_steps: int | None = None
+    batch_size: int = 16  # global batch (sequences per optimizer step)
+    micro_batch_size: int | None = None  # per rank; gradient accumulation when smaller
+    lr: float = 3e-5
+    warmup: int = 2000  # linear warm-up steps, then constant
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.5  # max grad norm
+    ce_weight: float | None = None  # default per arch: beagle 1.0, eagle2 0.1
+    vloss_weight: float | None = None  # default per arch: beagle 10.0, eagle2 1.0
+    noise: str | None = None  # gaussian | uniform | none (default per arch: beagle gaussian, eagle2 uniform)
+    noise_std: float = 0.2
+    seed: int = 0
+    max_length: int = 2048
+    heldout_fraction: float = 0.02
+    heldout_count: int | None = None  # overrides the fraction (0 = no evaluation)
+    heldout_max: int = 256
+    eval_depth: int = 5  # draft positions measured by the held-out acceptance
+    regenerate: bool = False  # replace assistant turns by the target's own greedy answers
+    regenerate_max_new_tokens: int = 1024
+    regenerate_batch_size: int = 16
+    resume: bool = False
+    device: str | None = None
+    dtype: str = "auto"  # target dtype (auto: bf16 on CUDA, fp32 on CPU); the draft trains in fp32 (TF32)
+    tensorboard: bool = True
+    progress: bool = True
+    log_every: int = 10
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs_stage1 + self.epochs_stage2
+
+    def validate(self) -> "TrainConfig":
+        if self.arch not in ("beagle", "eagle2"):
+            raise BeagleError(f"unknown --arch {self.arch!r}; choose beagle or eagle2")
+        if (self.data is None) == (self.features is None):
+            raise BeagleError("pass exactly one of --data (conversations) or --features (a `beagle datagen` folder)")
+        if self.total_epochs <= 0:
+            raise BeagleError("nothing to train: --epochs-stage1 + --epochs-stage2 is 0")
+        if self.batch_size <= 0 or (self.micro_batch_size is not None and self.micro_batch_size <= 0):
+            raise BeagleError("batch sizes must be positive")
+        if self.window < 1 or self.sim_steps < 1:
+            raise BeagleError("--window and --sim-steps must be at least 1")
+        if self.stage2_window is not None and self.stage2_window < self.sim_steps:
+            raise BeagleError("the stage-2 window must be at least --sim-steps")
+        if self.ttt_steps > 1 and self.arch != "eagle2":
+            raise BeagleError("--ttt-steps applies to --arch eagle2 only (Beagle uses --sim-steps)")
+        if self.features is not None and self.regenerate:
+            raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
+        return self
+
+    def objective_settings(self):
+        from beagle.training.objectives import ObjectiveSettings
+
+        return ObjectiveSettings(
+            window=self.window,
+            sim_steps=self.sim_steps,
+            stage2_window=self.stage2_window,
+            ttt_steps=max(1, self.ttt_steps),
+            ce_weight=self.ce_weight,
+            vloss_weight=self.vloss_weight,
+            noise=self.noise,
+            noise_std=self.noise_std,
+        )
+
+    def stage_of(self, epoch: int) -> int:
+        """1 or 2 for Beagle (0-based epoch); EAGLE-2 has one stage."""
+        return 1 if self.arch == "eagle2" or epoch < self.epochs_stage1 else 2
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (in place; returns the tensor)."""
+        if self.enabled:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (env RANK / WORLD_SIZE); pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if world_size <= 1:
+        return Distributed(), torch.device(device or ("cuda" if use_cuda else "cpu"))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    chosen = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(chosen)
+    return Distributed(rank, world_size, local_rank), chosen
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimizer steps done, current epoch, next batch of the epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+    history: list = field(default_factory=list)  # one evaluation dict per finished epoch
+
+
+def sequence_seed(seed: int, step: int, sample: int) -> int:
+    """The seed of one sequence's noise / window offsets at one step (independent of batching)."""
+    value = (seed * 0x9E3779B1 + step * 0x85EBCA77 + sample * 0xC2B2AE3D) & ((1 << 62) - 1)
+    return value ^ (value >> 29)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def _save_draft_into(draft, out: Path, extra: dict) -> None:
+    """Write config.json + model.safetensors into ``out`` without touching its other files
+    (save_draft replaces whole folders): save to a staging folder, then rename each file."""
+    from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_draft
+
+    staging = out / ".draft-staging"
+    save_draft(draft, staging, extra=extra)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load_dataset(config: TrainConfig, target, dist: Distributed):
+    from beagle.training.data import ChatDataset, RegenerateSettings
+    from beagle.training.features import FeatureDataset
+
+    if config.features is not None:
+        dataset = FeatureDataset(config.features)
+        dataset.check_target(target.fingerprint())
+        return dataset
+    regenerate = None
+    if config.regenerate:
+        regenerate = RegenerateSettings(max_new_tokens=config.regenerate_max_new_tokens,
+                                        batch_size=config.regenerate_batch_size, seed=config.seed,
+                                        max_prompt_length=config.max_length)
+    if regenerate is not None and not dist.is_main:
+        dist.barrier()  # rank 0 regenerates (and caches) first
+    dataset = ChatDataset.from_file(config.data, target.tokenizer, config.max_length, regenerate, target,
+                                    progress=config.progress and dist.is_main)
+    if regenerate is not None and dist.is_main:
+        dist.barrier()
+    return dataset
+
+
+def split_heldout(size: int, config: TrainConfig) -> tuple[list[int], list[int]]:
+    """Deterministic (train indices, held-out indices) for a dataset of ``size`` sequences."""
+    if config.heldout_count is not None:
+        count = config.heldout_count
+    else:
+        count = min(config.heldout_max, max(1, round(size * config.heldout_fraction))) if size > 1 else 0
+    count = max(0, min(count, size - 1))
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(config.seed + 4242)).tolist()
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def _make_batch(dataset, indices: list[int], step: int, seed: int, pad_id: int):
+    from beagle.training.data import collate
+    from beagle.training.objectives import TrainBatch
+
+    collated = collate([dataset[i] for i in indices], pad_id=pad_id)
+    seeds = torch.tensor([sequence_seed(seed, step, i) for i in indices], dtype=torch.long)
+    return TrainBatch(collated["input_ids"], collated["attention_mask"], collated["loss_mask"], collated["lengths"],
+                      collated.get("states"), seeds)
+
+
+def _with_states(batch, target, device):
+    from beagle.training.features import target_states
+
+    batch = batch.to(device)
+    if batch.states is None:  # online: run the frozen target
+        batch.states = target_states(target, batch.input_ids, batch.attention_mask)
+    return batch
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Holds the run's pieces; :func:`train` is the entry point."""
+
+    def __init__(self, config: TrainConfig, target=None):
+        from beagle.models.checkpoint import build_draft
+        from beagle.training.data import ShuffledBatches
+
+        self.config = config.validate()
+        self.dist, self.device = setup_distributed(config.device)
+        if config.batch_size % self.dist.world_size:
+            raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
+        self.rank_batch = config.batch_size // self.dist.world_size
+        self.micro_batch = min(config.micro_batch_size or self.rank_batch, self.rank_batch)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if target is None:
+            if config.target is None:
+                raise BeagleError("pass --target")
+            from beagle.target.model import load_target
+
+            target = load_target(config.target, dtype=config.dtype, device=str(self.device))
+        self.target = target
+        self.out = Path(config.out)
+        self.dataset = _load_dataset(config, target, self.dist)
+        self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
+        if len(self.train_indices) < config.batch_size:
+            raise BeagleError(f"only {len(self.train_indices)} training sequences for a batch of {config.batch_size}")
+        self.batches = ShuffledBatches(self.train_indices, config.batch_size, config.seed)
+        tokenizer = getattr(target, "tokenizer", None)
+        self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        self.draft = build_draft(target, config.arch).to(self.device).train()
+        if self.dist.enabled:
+            for parameter in self.draft.parameters():
+                torch.distributed.broadcast(parameter.data, src=0)
+        self.parameters = [p for p in self.draft.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=tuple(config.betas),
+                                           weight_decay=config.weight_decay, fused=fused or None)
+        warmup = max(0, config.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.progress = Progress()
+        self.settings = config.objective_settings()
+        self.writer = None
+        self._last_log = time.perf_counter()
+        self._tokens_since_log = 0
+
+    # ------------------------------------------------------------------ setup
+    def num_parameters(self) -> int:
+        return self.draft.num_parameters()
+
+    def maybe_resume(self) -> None:
+        path = self.out / STATE_NAME
+        if not self.config.resume:
+            return
+        if not path.is_file():
+            logger.warning("--resume: no %s in %s; starting from scratch", STATE_NAME, self.out)
+            return
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = state.get("config", {})
+        for key in ("arch", "batch_size", "seed", "window", "sim_steps", "stage2_window", "ttt_steps"):
+            if key in saved and saved[key] != getattr(self.config, key):
+                raise BeagleError(f"cannot resume: {key} was {saved[key]!r}, now {getattr(self.config, key)!r}")
+        self.draft.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        _set_rng_state(state["rng"])
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
+                    self.progress.epoch, self.progress.position)
+
+    # ------------------------------------------------------------------ steps
+    def objective(self, epoch: int):
+        from beagle.training.objectives import make_objective
+
+        return make_objective(self.config.arch, self.config.stage_of(epoch), self.settings)
+
+    def train_step(self, objective, global_batch: list[int]) -> dict[str, float]:
+        """One optimizer step over a global batch of dataset indices. Returns summed metrics."""
+        step = self.progress.step
+        share = global_batch[self.dist.rank * self.rank_batch : (self.dist.rank + 1) * self.rank_batch]
+        micro = [_make_batch(self.dataset, share[i : i + self.micro_batch], step, self.config.seed, self.pad_id)
+                 for i in range(0, len(share), self.micro_batch)]
+        counts = torch.stack([objective.counts(batch) for batch in micro]).sum(0).to(self.device, torch.float64)
+        denominators = self.dist.all_reduce(counts).cpu()
+        metrics: dict[str, float] = {}
+        tokens = 0
+        for batch in micro:
+            tokens += int(batch.lengths.sum())
+            batch = _with_states(batch, self.target, self.device)
+            output = objective(self.draft, batch, denominators, backward=True)
+            if output.loss is not None:
+                output.loss.backward()
+            for key, value in output.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        self._sync_gradients()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        names = sorted(metrics)
+        totals = self.dist.all_reduce(torch.tensor([metrics[n] for n in names] + [tokens], dtype=torch.float64,
+                                                   device=self.device)).tolist()
+        result = dict(zip(names, totals[:-1]))
+        result["tokens"] = totals[-1]
+        result["grad_norm"] = float(grad_norm)
+        result["lr"] = self.scheduler.get_last_lr()[0]
+        return result
+
+    def _sync_gradients(self) -> None:
+        if not self.dist.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        offset = 0
+        for parameter, grad in zip(self.parameters, grads):
+            size = grad.numel()
+            parameter.grad = flat[offset : offset + size].view_as(grad).clone()
+            offset += size
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict:
+        """Held-out simulated acceptance by draft position, τ, and the current objective's loss (no noise)."""
+        from beagle.training.objectives import make_objective, simulated_acceptance, simulated_tau
+
+        if not self.heldout_indices:
+            return {}
+        depth = self.config.eval_depth
+        self.draft.eval()
+        accepted = torch.zeros(depth, dtype=torch.float64)
+        counted = torch.zeros(depth, dtype=torch.float64)
+        settings = dataclasses.replace(self.settings, noise="none")
+        objective = make_objective(self.config.arch, self.config.stage_of(epoch), settings)
+        loss_sum, loss_weight = 0.0, 0.0
+        for start in range(0, len(self.heldout_indices), self.micro_batch):
+            indices = self.heldout_indices[start : start + self.micro_batch]
+            batch = _make_batch(self.dataset, indices, 0, self.config.seed, self.pad_id)
+            counts = objective.counts(batch).double()
+            batch = _with_states(batch, self.target, self.device)
+            output = objective(self.draft, batch, counts, backward=False)
+            loss_sum += float(output.metrics["loss"]) * float(counts.sum())
+            loss_weight += float(counts.sum())
+            got, total = simulated_acceptance(self.draft, batch, depth)
+            accepted += got
+            counted += total
+        self.draft.train()
+        rates, tau = simulated_tau(accepted, counted)
+        return {"epoch": epoch + 1, "step": self.progress.step, "stage": self.config.stage_of(epoch),
+                "loss": loss_sum / max(loss_weight, 1.0), "acceptance": rates, "tau": tau,
+                "counted": counted.tolist()}
+
+    # ------------------------------------------------------------------ saving
+    def save(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        extra = {
+            "arch": config.arch, "step": self.progress.step, "epochs_done": self.progress.epoch,
+            "epochs_stage1": config.epochs_stage1, "epochs_stage2": config.epochs_stage2,
+            "window": config.window, "sim_steps": config.sim_steps,
+            "stage2_window": config.stage2_window or config.sim_steps, "ttt_steps": config.ttt_steps,
+            "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "max_length": config.max_length,
+            "data": config.data, "features": config.features,
+            "eval": self.progress.history[-1] if self.progress.history else None,
+            "history": self.progress.history,
+        }
+        _save_draft_into(self.draft, self.out, extra)
+        state = {
+            "version": STATE_VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.draft.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": _rng_state(),
+            "config": asdict(config),
+        }
+        _atomic_torch_save(state, self.out / STATE_NAME)
+        logger.info("checkpoint at step %d written to %s", self.progress.step, self.out)
+
+    # ------------------------------------------------------------------ logging
+    def _open_writer(self) -> None:
+        if not (self.dist.is_main and self.config.tensorboard):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # tensorboard not installed
+            logger.warning("TensorBoard logging off: %s", error)
+            return
+        self.writer = SummaryWriter(log_dir=str(self.out / "logs"))
+
+    def _log(self, metrics: dict[str, float], bar) -> None:
+        self._tokens_since_log += metrics["tokens"]
+        step = self.progress.step
+        now = time.perf_counter()
+        elapsed = max(now - self._last_log, 1e-9)
+        if bar is not None:
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                            tok_s=f"{self._tokens_since_log / elapsed:.0f}", refresh=False)
+        if step % self.config.log_every and step != 1:
+            return
+        speed = self._tokens_since_log / elapsed
+        self._last_log, self._tokens_since_log = now, 0
+        logger.debug("step %d loss %.4f lr %.2e %.0f tokens/s", step, metrics["loss"], metrics["lr"], speed)
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "tokens":
+                    self.writer.add_scalar(f"train/{key}", value, step)
+            self.writer.add_scalar("train/tokens_per_s", speed, step)
+
+    def _log_eval(self, result: dict) -> None:
+        if not result:
+            return
+        rates = ", ".join(f"{rate:.3f}" for rate in result["acceptance"])
+        logger.info("epoch %d: held-out loss %.4f, acceptance [%s], simulated tau %.3f", result["epoch"],
+                    result["loss"], rates, result["tau"])
+        if self.writer is not None:
+            for number, rate in enumerate(result["acceptance"], start=1):
+                self.writer.add_scalar(f"eval/acc@{number}", rate, result["step"])
+            self.writer.add_scalar("eval/tau", result["tau"], result["step"])
+            self.writer.add_scalar("eval/loss", result["loss"], result["step"])
+            self.writer.flush()
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path:
+        config = self.config
+        self.maybe_resume()
+        self._open_writer()
+        steps_per_epoch = len(self.batches)
+        total = config.total_epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        logger.info("%s draft: %d parameters; %d training / %d held-out sequences; %d steps of %d sequences",
+                    config.arch, self.num_parameters(), len(self.train_indices), len(self.heldout_indices), total,
+                    config.batch_size)
+        bar = None
+        if config.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=min(self.progress.step, total), desc="train", unit="step",
+                       dynamic_ncols=True)
+        try:
+            self._run_epochs(bar, steps_per_epoch)
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        self.dist.barrier()
+        return self.out
+
+    def _done(self) -> bool:
+        return self.config.max_steps is not None and self.progress.step >= self.config.max_steps
+
+    def _run_epochs(self, bar, steps_per_epoch: int) -> None:
+        config, progress = self.config, self.progress
+        while progress.epoch < config.total_epochs and not self._done():
+            epoch = progress.epoch
+            objective = self.objective(epoch)
+            for position, global_batch in self.batches.iterate(epoch, progress.position):
+                metrics = self.train_step(objective, global_batch)
+                progress.step += 1
+                progress.position = position + 1
+                if bar is not None:
+                    bar.update(1)
+                self._log(metrics, bar)
+                if not math.isfinite(metrics["loss"]):
+                    raise BeagleError(f"the loss became {metrics['loss']} at step {progress.step}; lower --lr")
+                if self._done() and progress.position < steps_per_epoch:
+                    self.save()  # stopped mid-epoch (--max-steps)
+                    return
+            progress.epoch, progress.position = epoch + 1, 0
+            if self.dist.is_main:
+                result = self.evaluate(epoch)
+                if result:
+                    progress.history.append(result)
+                self._log_eval(result)
+            self.save()
+            self.dist.barrier()
+
+
+def train(config: TrainConfig, target=None) -> Path:
+    """Train a draft as ``config`` says; returns the output folder (the final draft checkpoint).
+
+    ``target``: an already loaded :class:`~beagle.target.model.TargetModel` (otherwise ``config.target``
+    is loaded).
+    """
+    return Trainer(config, target).run()
