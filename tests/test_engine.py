@@ -79,6 +79,7 @@ def test_target_cache_equals_autoregressive_cache(arch):
     target = make_tiny_target("qwen2", seed=3)
     make_bigram(target)
     generator = SpeculativeGenerator(target, oracle_draft(target, arch, noise=0.05), TreeSettings(4, 3, 12))
+    generator.keep_last_cache = True
     prompt = list(range(3, 12))
     out = generator.generate(prompt, _greedy(25))
     assert out.stats.target_passes < 25  # several tokens per pass happened

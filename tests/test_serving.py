@@ -77,7 +77,7 @@ def setup():
         reference = SpeculativeGenerator(target)  # plain greedy decoding
         app = create_app(generator, MODEL, LIMIT, api_key=API_KEY)
         with ServerThread(app) as server:
-            yield {"server": server, "target": target, "reference": reference, "app": app}
+            yield {"server": server, "target": target, "reference": reference, "app": app, "draft": draft}
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +194,20 @@ def test_completions_match_plain_greedy(setup, client):
     assert by_ids.choices[0].text == expected.text
 
 
-def test_sampling_is_seeded_and_lossless_interface(client):
+def test_sampling_settings_reach_the_engine(setup, client):
+    from beagle.decoding.engine import SpeculativeGenerator
+    from beagle.decoding.sampling import GenerationSettings
+
     kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "first sound"}], max_tokens=12,
                   temperature=0.9, top_p=0.95, seed=7, extra_body={"top_k": 20})
     first = client.chat.completions.create(**kwargs).choices[0].message.content
     second = client.chat.completions.create(**kwargs).choices[0].message.content
     assert first == second and first
+    target = setup["target"]
+    same = SpeculativeGenerator(target, setup["draft"], small_tree()).generate(
+        target.encode_chat([{"role": "user", "content": "first sound"}]),
+        GenerationSettings(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=20, seed=7))
+    assert first == same.text
 
 
 def test_concurrent_clients_get_their_own_answers(setup, client):
@@ -370,6 +378,43 @@ def test_client_gone_while_queued_is_skipped(setup, http):
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["completed"] == before["completed"] + 2
     assert_server_alive(http)
+
+
+class FailingGenerator:
+    """Delegates to a real generator but fails after ``after`` chunks (an engine bug)."""
+
+    def __init__(self, inner, after: int):
+        self.inner = inner
+        self.after = after
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def stream(self, prompt_ids, settings):
+        for index, piece in enumerate(self.inner.stream(prompt_ids, settings)):
+            if index == self.after:
+                raise RuntimeError("boom")
+            yield piece
+
+
+def test_engine_failure_is_reported_and_the_server_survives(setup):
+    from beagle.serving.app import create_app
+
+    failing = FailingGenerator(setup["reference"], after=0)
+    with one_torch_thread(), ServerThread(create_app(failing, MODEL, LIMIT)) as server:
+        broken = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "hello"}]
+        with pytest.raises(openai.InternalServerError, match="boom"):
+            broken.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+        failing.after = 2  # fails mid-stream: the error arrives as an SSE event
+        with pytest.raises(openai.APIError, match="boom"):
+            for _ in broken.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                                    stream=True):
+                pass
+        failing.after = 10**6
+        response = broken.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+        assert response.choices[0].finish_reason == "length"
+        assert httpx.get(server.base_url + "/health").json()["queue"]["completed"] == 3
 
 
 def test_cli_serve_starts_and_answers(tmp_path):

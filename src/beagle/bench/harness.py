@@ -8,8 +8,9 @@ Methods (names as in results.json):
 - ``<name>``: our engine with the draft ``<name>``; for Beagle drafts also ``<name>-noconcat``
   (``concat=False``: tree nodes see the true target states only).
 
-Protocol: one untimed warm-up generation per method (first prompt, ``warmup_tokens`` new tokens),
-then for each prompt turn every method runs once, in an order rotated by one method per turn,
+Protocol: untimed warm-up per method (one generation of ``warmup_tokens`` new tokens on the first
+prompt, then a few tokens on synthetic prompts of 32, 64, ... tokens up to about the longest turn
+expected, so that one-time costs of new kernel shapes stay out of the timings), then for each prompt turn every method runs once, in an order rotated by one method per turn,
 before the next turn starts — so slow drift of the machine (clocks, thermals, other jobs) hits
 every method alike. Each call is timed with the wall clock (``torch.cuda.synchronize`` before
 and after on CUDA); for our engine the timed call is ``SpeculativeGenerator.generate`` (which
@@ -253,15 +254,8 @@ def run_benchmark(
     total_turns = sum(len(p.turns) for p in prompts)
     logger.info("benchmarking %s on %d prompts (%d turns)", ", ".join(names), len(prompts), total_turns)
 
-    # Warm-up: one untimed generation per method on the first prompt that fits.
     if warmup_tokens > 0:
-        warm = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, warmup_tokens))
-        for prompt in prompts:
-            ids = prompt_ids(target, prompt, 0)
-            if len(ids) + warm.max_new_tokens <= target.max_length:
-                for name in names:
-                    runners[name].run(ids, warm)
-                break
+        _warm_up(target, prompts, settings, [runners[name] for name in names], warmup_tokens)
 
     records: list[dict] = []
     skipped: list[dict] = []
@@ -360,6 +354,47 @@ def run_benchmark(
 
         results["outputs"] = {key: str(path) for key, path in write_results(results, out_dir, plots=plots).items()}
     return results
+
+
+WARMUP_SHAPE_TOKENS = 4
+
+
+def warmup_lengths(first: int, longest: int, limit: int) -> list[int]:
+    """Prompt lengths of the shape warm-up: powers of two from 32 up to the first ≥ ``longest``,
+    within ``limit``, and above the first prompt's length ``first``."""
+    lengths = []
+    length = 32
+    while length <= limit:
+        if length > first:
+            lengths.append(length)
+        if length >= longest:
+            break
+        length *= 2
+    return lengths
+
+
+def _warm_up(target, prompts: list[BenchPrompt], settings: GenerationSettings, runners: list, tokens: int) -> None:
+    """Untimed warm-up per method: one generation of ``tokens`` new tokens on the first prompt that
+    fits, then a few tokens on longer prompts (the first prompt's ids repeated to 32, 64, ... tokens,
+    up to about the longest prompt turn expected), so that one-time costs of new kernel shapes
+    (CUDA lazy loading, GEMM heuristics) do not land in the timed calls."""
+    warm = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, tokens))
+    firsts = [prompt_ids(target, prompt, 0) for prompt in prompts]
+    fitting = [ids for ids in firsts if len(ids) + warm.max_new_tokens <= target.max_length]
+    if not fitting:
+        return
+    first = fitting[0]
+    for runner in runners:
+        runner.run(first, warm)
+    # Turn n > 1 holds the earlier turns and answers: bound its length by turns × (prompt + answer).
+    turns = max(len(prompt.turns) for prompt in prompts)
+    longest = max(len(ids) for ids in fitting) * turns + settings.max_new_tokens * (turns - 1)
+    short = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, WARMUP_SHAPE_TOKENS))
+    limit = target.max_length - short.max_new_tokens
+    for length in warmup_lengths(len(first), longest, limit):
+        ids = (first * (length // len(first) + 1))[:length]
+        for runner in runners:
+            runner.run(ids, short)
 
 
 def _run_record(run: _Run, method: Method) -> dict:

@@ -126,8 +126,10 @@ def run_chat(
     if color is None:
         color = _isatty(out) and not os.environ.get("NO_COLOR")
     dim = (lambda text: f"\x1b[2m{text}\x1b[0m") if color else (lambda text: text)
-    session = ChatSession(generator, settings, system)
     target = generator.target
+    if target.tokenizer is None or not getattr(target.tokenizer, "chat_template", None):
+        raise BeagleError(f"{target.name} has no chat template, so it cannot chat; use `beagle generate` instead")
+    session = ChatSession(generator, settings, system)
     mode = "plain decoding (no draft)" if generator.draft is None else (
         f"speculative with a {generator.draft.config.arch} draft (tree depth {generator.tree.depth}, "
         f"top-k {generator.tree.top_k}, {generator.tree.total_tokens} tokens)")
