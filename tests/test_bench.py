@@ -80,6 +80,7 @@ def test_run_benchmark_all_methods(tiny, tmp_path):
     assert saved["summary"].keys() == results["summary"].keys()
     assert saved["environment"]["torch"] == torch.__version__
     assert saved["command"] == "pytest"
+    assert saved["environment"]["cudnn_sdp"] is False
     markdown = (tmp_path / "results.md").read_text()
     assert "| method | tokens/s | speedup vs AR | speedup vs HF | τ | exact match | peak mem |" in markdown
     assert all(f"| {name} |" in markdown for name in names)
@@ -137,6 +138,15 @@ def test_long_prompts_are_skipped(tiny):
                             methods=["ar"], warmup_tokens=0, progress=False)
     assert [s["prompt_id"] for s in results["prompts"]["skipped"]] == ["long"]
     assert len(results["records"]) == 1
+
+
+def test_cudnn_sdp_backend_is_restored():
+    from beagle.bench.harness import cudnn_sdp_backend
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with cudnn_sdp_backend(not before):
+        assert torch.backends.cuda.cudnn_sdp_enabled() is (not before)
+    assert torch.backends.cuda.cudnn_sdp_enabled() is before
 
 
 def test_resolve_methods(tiny):

@@ -120,11 +120,11 @@ def test_stage2_weights_and_window():
     assert wide.weights == pytest.approx([5 / 12, 4 / 12, 3 / 12])
 
 
-def loss_curve(target, arch, stage, steps=80, **settings):
+def loss_curve(target, arch, stage, steps=30, **settings):
     torch.manual_seed(0)
     draft = build_draft(target, arch)
     objective = make_objective(arch, stage, ObjectiveSettings(**settings))
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=1e-2)
     batch = sequence_batch(target, [30, 26, 22], seed=5)
     losses = []
     for _ in range(steps):
@@ -145,7 +145,22 @@ def loss_curve(target, arch, stage, steps=80, **settings):
 ])
 def test_loss_falls(target, arch, stage, settings):
     losses = loss_curve(target, arch, stage, **settings)
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_chunked_losses_match(target):
+    batch = sequence_batch(target, [30, 21], seed=8)
+    grads = []
+    for chunk in (None, 7):
+        torch.manual_seed(4)
+        draft = build_draft(target, "beagle")
+        objective = make_objective("beagle", 1, ObjectiveSettings(loss_chunk=chunk))
+        output = objective(draft, batch, objective.counts(batch).double())
+        output.loss.backward()
+        grads.append((float(output.loss.detach()), [p.grad.clone() for p in draft.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for plain, chunked in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(chunked, plain, atol=1e-6, rtol=1e-5)
 
 
 def test_stage2_returns_no_loss_but_gradients(target):

@@ -86,6 +86,18 @@ def test_unreadable_or_empty_data_is_an_error(tmp_path):
         ChatDataset.from_file(empty, tiny_tokenizer())
 
 
+def test_truncated_json_list_keeps_complete_records(tmp_path):
+    # the public ShareGPT dump is cut mid-record: complete records are used, the tail is counted
+    path = tmp_path / "cut.json"
+    path.write_text("[" + json.dumps(GOOD_SHAREGPT) + ", " + json.dumps(GOOD_OPENAI) + ', {"conversations": [{"fr')
+    report = DataReport()
+    assert len(load_conversations(path, report)) == 2
+    assert report.skipped == {"truncated_file": 1}
+    single = tmp_path / "one.json"
+    single.write_text(json.dumps({"data": [GOOD_OPENAI, GOOD_SHAREGPT]}, indent=2))
+    assert len(load_conversations(single)) == 2
+
+
 def test_chatml_assistant_mask_covers_answers_and_end_markers_only():
     tokenizer = tiny_tokenizer()
     encoder = ChatEncoder(tokenizer, 256)

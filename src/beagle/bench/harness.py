@@ -8,9 +8,8 @@ Methods (names as in results.json):
 - ``<name>``: our engine with the draft ``<name>``; for Beagle drafts also ``<name>-noconcat``
   (``concat=False``: tree nodes see the true target states only).
 
-Protocol: untimed warm-up per method (one generation of ``warmup_tokens`` new tokens on the first
-prompt, then a few tokens on synthetic prompts of 32, 64, ... tokens up to about the longest turn
-expected, so that one-time costs of new kernel shapes stay out of the timings), then for each prompt turn every method runs once, in an order rotated by one method per turn,
+Protocol: one untimed warm-up generation per method (first prompt, ``warmup_tokens`` new tokens),
+then for each prompt turn every method runs once, in an order rotated by one method per turn,
 before the next turn starts — so slow drift of the machine (clocks, thermals, other jobs) hits
 every method alike. Each call is timed with the wall clock (``torch.cuda.synchronize`` before
 and after on CUDA); for our engine the timed call is ``SpeculativeGenerator.generate`` (which
@@ -20,6 +19,13 @@ Multi-turn prompts (MT-Bench): turn 1 is timed for every method; turn 2 is then 
 same context for every method: turn 1 plus *our greedy AR answer* to turn 1 as the assistant
 message (taken from the ``ar`` method at temperature 0, otherwise from an extra untimed greedy
 AR generation).
+
+cuDNN attention: by default the run disables PyTorch's cuDNN SDPA backend (``cudnn_sdp=False``).
+Measured on an H100 (torch 2.11, bf16), cuDNN builds an execution plan for every new attention
+shape (query length × key length), which stalls the first calls that meet a new shape by up to
+seconds; speculative methods meet many more shapes (tree sizes) than AR, so the stalls inflated
+their times by up to 10× on the first pass over the prompts. Flash / memory-efficient SDPA have no
+such cost. ``cudnn_sdp=None`` leaves the setting alone; the state used is in ``environment``.
 
 Prompts whose token count plus max_new_tokens exceeds the target's context are skipped (listed
 under ``prompts.skipped``).
@@ -221,6 +227,7 @@ def run_benchmark(
     prompt_source: str | None = None,
     draft_paths: dict | None = None,
     plots: bool = True,
+    cudnn_sdp: bool | None = False,
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
@@ -229,7 +236,9 @@ def run_benchmark(
     settings: generation settings shared by every method (no stop strings; seed = base seed, the
     n-th prompt turn uses seed + n); methods: see :func:`resolve_methods`; tree: draft tree settings;
     noconcat: add ``<name>-noconcat`` for Beagle drafts; warmup_tokens: new tokens of the warm-up
-    generation per method (0 = no warm-up); command / prompt_source / draft_paths: recorded as is.
+    generation per method (0 = no warm-up); command / prompt_source / draft_paths: recorded as is;
+    cudnn_sdp: the cuDNN attention backend during the run (default off, see the module docstring;
+    None = as set globally); plots: draw the PNGs when writing to ``out_dir``.
 
     The results dict is described in :mod:`beagle.bench.report` (``results.json``).
     """
@@ -250,65 +259,25 @@ def run_benchmark(
     eos_ids = target.eos_token_ids()
     runners = {m.name: _Runner(m, target, drafts, tree, eos_ids) for m in chosen}
     reference = runners["ar"] if "ar" in runners else _Runner(Method("ar", "ar"), target, drafts, tree, eos_ids)
-    greedy = dataclasses.replace(settings, temperature=0.0, seed=None)
     total_turns = sum(len(p.turns) for p in prompts)
     logger.info("benchmarking %s on %d prompts (%d turns)", ", ".join(names), len(prompts), total_turns)
 
-    if warmup_tokens > 0:
-        _warm_up(target, prompts, settings, [runners[name] for name in names], warmup_tokens)
-
-    records: list[dict] = []
-    skipped: list[dict] = []
-    bar = _progress_bar(total_turns * len(names), progress)
-    index = 0
-    try:
-        for prompt in prompts:
-            answers: list[str] = []
-            for turn in range(len(prompt.turns)):
-                ids = prompt_ids(target, prompt, turn, answers)
-                if len(ids) + settings.max_new_tokens > target.max_length:
-                    logger.warning("skipping prompt %s turn %d: %d prompt tokens + %d new tokens exceed the "
-                                   "target's context (%d)", prompt.id, turn + 1, len(ids), settings.max_new_tokens,
-                                   target.max_length)
-                    for later in range(turn, len(prompt.turns)):
-                        skipped.append({"prompt_id": prompt.id, "turn": later + 1, "prompt_tokens": len(ids),
-                                        "reason": "prompt + max_new_tokens exceed the target's context"})
-                    bar.update(len(names) * (len(prompt.turns) - turn))
-                    break
-                seed = settings.seed + index if settings.seed is not None else None
-                turn_settings = dataclasses.replace(settings, seed=seed)
-                order = rotated(names, index)
-                results: dict[str, dict] = {}
-                for name in order:
-                    bar.set_postfix_str(f"{prompt.id}/{turn + 1} {name}")
-                    run = runners[name].run(ids, turn_settings)
-                    results[name] = _run_record(run, runners[name].method)
-                    bar.update(1)
-                _compare(results, settings)
-                records.append({
-                    "prompt_id": prompt.id,
-                    "category": prompt.category,
-                    "turn": turn + 1,
-                    "prompt_tokens": len(ids),
-                    "seed": seed,
-                    "order": order,
-                    "methods": {name: results[name] for name in names},
-                })
-                index += 1
-                if turn + 1 < len(prompt.turns):
-                    if "ar" in results and settings.greedy:
-                        answers.append(results["ar"]["text"])
-                    else:
-                        answers.append(reference.run(ids, greedy).text)
-    finally:
-        bar.close()
+    with cudnn_sdp_backend(cudnn_sdp):
+        sdp_state = torch.backends.cuda.cudnn_sdp_enabled() if hasattr(torch.backends.cuda, "cudnn_sdp_enabled") else None
+        if warmup_tokens > 0:
+            _warm_up(target, prompts, settings, [runners[name] for name in names], warmup_tokens)
+        bar = _progress_bar(total_turns * len(names), progress)
+        try:
+            records, skipped = _timed_turns(target, prompts, settings, names, runners, reference, bar)
+        finally:
+            bar.close()
 
     summary = summarize(records, names)
     results = {
         "schema": SCHEMA,
         "started_at": started_at,
         "command": command,
-        "environment": environment(target.device),
+        "environment": {**environment(target.device), "cudnn_sdp": sdp_state},
         "target": {**target.fingerprint(), "dtype": str(target.dtype).replace("torch.", ""),
                    "device": str(target.device), "max_length": target.max_length},
         "drafts": {
@@ -356,45 +325,78 @@ def run_benchmark(
     return results
 
 
-WARMUP_SHAPE_TOKENS = 4
-
-
-def warmup_lengths(first: int, longest: int, limit: int) -> list[int]:
-    """Prompt lengths of the shape warm-up: powers of two from 32 up to the first ≥ ``longest``,
-    within ``limit``, and above the first prompt's length ``first``."""
-    lengths = []
-    length = 32
-    while length <= limit:
-        if length > first:
-            lengths.append(length)
-        if length >= longest:
-            break
-        length *= 2
-    return lengths
+def _timed_turns(target, prompts, settings, names, runners, reference, bar) -> tuple[list[dict], list[dict]]:
+    """Every method on every prompt turn, in rotating order; returns (records, skipped turns)."""
+    greedy = dataclasses.replace(settings, temperature=0.0, seed=None)
+    records: list[dict] = []
+    skipped: list[dict] = []
+    for prompt in prompts:
+        answers: list[str] = []  # our greedy AR answers, the context of later turns
+        for turn in range(len(prompt.turns)):
+            ids = prompt_ids(target, prompt, turn, answers)
+            if len(ids) + settings.max_new_tokens > target.max_length:
+                logger.debug("skipping prompt %s turn %d: %d prompt tokens + %d new tokens exceed the target's "
+                             "context (%d)", prompt.id, turn + 1, len(ids), settings.max_new_tokens, target.max_length)
+                for later in range(turn, len(prompt.turns)):
+                    skipped.append({"prompt_id": prompt.id, "turn": later + 1, "prompt_tokens": len(ids),
+                                    "reason": "prompt + max_new_tokens exceed the target's context"})
+                bar.update(len(names) * (len(prompt.turns) - turn))
+                break
+            index = len(records)
+            seed = settings.seed + index if settings.seed is not None else None
+            turn_settings = dataclasses.replace(settings, seed=seed)
+            order = rotated(names, index)
+            results: dict[str, dict] = {}
+            for name in order:
+                bar.set_postfix_str(f"{prompt.id}/{turn + 1} {name}")
+                results[name] = _run_record(runners[name].run(ids, turn_settings), runners[name].method)
+                bar.update(1)
+            _compare(results, settings)
+            records.append({
+                "prompt_id": prompt.id,
+                "category": prompt.category,
+                "turn": turn + 1,
+                "prompt_tokens": len(ids),
+                "seed": seed,
+                "order": order,
+                "methods": {name: results[name] for name in names},
+            })
+            if turn + 1 < len(prompt.turns):
+                if "ar" in results and settings.greedy:
+                    answers.append(results["ar"]["text"])
+                else:
+                    answers.append(reference.run(ids, greedy).text)
+    if skipped:
+        logger.warning("skipped %d prompt turns whose prompt + max_new_tokens (%d) exceed the target's context (%d)",
+                       len(skipped), settings.max_new_tokens, target.max_length)
+    return records, skipped
 
 
 def _warm_up(target, prompts: list[BenchPrompt], settings: GenerationSettings, runners: list, tokens: int) -> None:
-    """Untimed warm-up per method: one generation of ``tokens`` new tokens on the first prompt that
-    fits, then a few tokens on longer prompts (the first prompt's ids repeated to 32, 64, ... tokens,
-    up to about the longest prompt turn expected), so that one-time costs of new kernel shapes
-    (CUDA lazy loading, GEMM heuristics) do not land in the timed calls."""
+    """Untimed warm-up: one generation of ``tokens`` new tokens per method on the first prompt that fits."""
     warm = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, tokens))
-    firsts = [prompt_ids(target, prompt, 0) for prompt in prompts]
-    fitting = [ids for ids in firsts if len(ids) + warm.max_new_tokens <= target.max_length]
-    if not fitting:
+    for prompt in prompts:
+        ids = prompt_ids(target, prompt, 0)
+        if len(ids) + warm.max_new_tokens <= target.max_length:
+            for runner in runners:
+                runner.run(ids, warm)
+            return
+
+
+@contextlib.contextmanager
+def cudnn_sdp_backend(enabled: bool | None):
+    """Enable / disable PyTorch's cuDNN scaled-dot-product-attention backend inside the block
+    (None: leave it), restoring the previous setting afterwards."""
+    backends = torch.backends.cuda
+    if enabled is None or not hasattr(backends, "enable_cudnn_sdp"):
+        yield
         return
-    first = fitting[0]
-    for runner in runners:
-        runner.run(first, warm)
-    # Turn n > 1 holds the earlier turns and answers: bound its length by turns × (prompt + answer).
-    turns = max(len(prompt.turns) for prompt in prompts)
-    longest = max(len(ids) for ids in fitting) * turns + settings.max_new_tokens * (turns - 1)
-    short = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, WARMUP_SHAPE_TOKENS))
-    limit = target.max_length - short.max_new_tokens
-    for length in warmup_lengths(len(first), longest, limit):
-        ids = (first * (length // len(first) + 1))[:length]
-        for runner in runners:
-            runner.run(ids, short)
+    before = backends.cudnn_sdp_enabled()
+    backends.enable_cudnn_sdp(enabled)
+    try:
+        yield
+    finally:
+        backends.enable_cudnn_sdp(before)
 
 
 def _run_record(run: _Run, method: Method) -> dict:

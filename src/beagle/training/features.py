@@ -188,7 +188,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.directory = Path(directory)
         path = self.directory / MANIFEST
         if not path.is_file():
-            raise DataError(f"{self.directory} is not a features folder (no {MANIFEST}); create it with `beagle datagen`")
+            raise DataError(f"{self.directory} is not a features folder (no {MANIFEST}); "
+                            "create it with `beagle datagen`")
         self.manifest = json.loads(path.read_text())
         missing = [shard_name(k) for k in range(self.manifest["num_shards"])
                    if not (self.directory / shard_name(k)).is_file()]

@@ -40,22 +40,42 @@ def position_losses(
     target_states: torch.Tensor,
     ce_weight: float,
     vloss_weight: float,
+    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Losses of N selected positions.
 
     hidden: [N, d] draft states (with grad); target_states: [N, d] the target's top states H at the
     same positions (their LM-head distribution is the soft label, computed here without grad).
+    chunk_rows: when set and N is larger, rows are processed in chunks under activation checkpointing,
+    so only one chunk's [rows, V] logits live at a time (recomputed in backward: less memory, one
+    more LM-head product). Values are the same either way (rows are independent).
     Returns (loss [N], parts {"ce": [N], "vloss": [N], "top1": [N] float 0/1 draft argmax == target argmax}).
     """
+    if chunk_rows and hidden.shape[0] > chunk_rows and torch.is_grad_enabled() and hidden.requires_grad:
+        from torch.utils.checkpoint import checkpoint
+
+        pieces = [
+            checkpoint(_row_losses, draft, rows, targets, ce_weight, vloss_weight, use_reentrant=False)
+            for rows, targets in zip(hidden.split(chunk_rows), target_states.split(chunk_rows))
+        ]
+        loss, ce, vloss, top1 = (torch.cat(parts) for parts in zip(*pieces))
+    else:
+        loss, ce, vloss, top1 = _row_losses(draft, hidden, target_states, ce_weight, vloss_weight)
+    return loss, {"ce": ce.detach(), "vloss": vloss.detach(), "top1": top1.detach()}
+
+
+def _row_losses(draft, hidden, target_states, ce_weight, vloss_weight):
     with torch.no_grad():
         target_logits = draft.logits(target_states)
         target_probs = target_logits.softmax(dim=-1)
+        target_top = target_logits.argmax(dim=-1)
+        del target_logits
     logits = draft.logits(hidden)
     ce = soft_cross_entropy(logits, target_probs)
     vloss = feature_regression(hidden, target_states)
     with torch.no_grad():
-        top1 = (logits.argmax(dim=-1) == target_logits.argmax(dim=-1)).float()
-    return ce_weight * ce + vloss_weight * vloss, {"ce": ce.detach(), "vloss": vloss.detach(), "top1": top1}
+        top1 = (logits.argmax(dim=-1) == target_top).float()
+    return ce_weight * ce + vloss_weight * vloss, ce, vloss, top1
 
 
 def sequence_noise(

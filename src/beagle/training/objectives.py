@@ -49,7 +49,8 @@ class ObjectiveSettings:
     """window: stage-1 block size k. sim_steps: stage-2 simulated steps s. stage2_window: stage-2 block
     size (default s: see :class:`BeagleStage2`). ttt_steps: EAGLE-2 unrolled steps (1 = plain EAGLE-2).
     ce_weight / vloss_weight / noise default per architecture (Beagle 1 / 10 / gaussian; EAGLE-2
-    0.1 / 1 / uniform); noise_std 0.2. ttt_decay: EAGLE-3's per-step loss decay."""
+    0.1 / 1 / uniform); noise_std 0.2. ttt_decay: EAGLE-3's per-step loss decay. loss_chunk: rows per
+    checkpointed chunk of the LM-head losses (None: all at once; see :func:`position_losses`)."""
 
     window: int = 5
     sim_steps: int = 4
@@ -60,6 +61,7 @@ class ObjectiveSettings:
     noise: str | None = None
     noise_std: float = 0.2
     ttt_decay: float = 0.8
+    loss_chunk: int | None = None
 
     def resolved(self, arch: str) -> "ObjectiveSettings":
         ce, vloss = DEFAULT_WEIGHTS[arch]
@@ -73,6 +75,7 @@ class ObjectiveSettings:
             noise=self.noise or DEFAULT_NOISE[arch],
             noise_std=self.noise_std,
             ttt_decay=self.ttt_decay,
+            loss_chunk=self.loss_chunk,
         )
 
 
@@ -124,7 +127,8 @@ class ObjectiveOutput:
 
 def _selected_losses(draft, hidden, targets, select, settings):
     """hidden, targets: [B, M, d]; select: [B, M] bool -> (loss [N], parts) over the selected rows."""
-    return position_losses(draft, hidden[select], targets[select].float(), settings.ce_weight, settings.vloss_weight)
+    return position_losses(draft, hidden[select], targets[select].float(), settings.ce_weight, settings.vloss_weight,
+                           settings.loss_chunk)
 
 
 def _share(values: torch.Tensor, denominator) -> float:
@@ -167,8 +171,8 @@ class BeagleStage1:
         loss, parts = _selected_losses(draft, hidden, batch.states, valid, settings)
         total = float(denominators.sum())
         loss = loss.sum() / max(total, 1.0)
-        metrics = {"loss": float(loss.detach()), "ce": _share(parts["ce"], total), "vloss": _share(parts["vloss"], total),
-                   "top1": _share(parts["top1"], total)}
+        metrics = {"loss": float(loss.detach()), "ce": _share(parts["ce"], total),
+                   "vloss": _share(parts["vloss"], total), "top1": _share(parts["top1"], total)}
         selected_positions = positions[valid]
         for i in range(1, self.num_terms + 1):
             metrics[f"top1@{i}"] = _share(parts["top1"][selected_positions == i], denominators[i - 1])
@@ -261,7 +265,8 @@ class BeagleStage2:
     def __init__(self, settings: ObjectiveSettings):
         self.settings = settings.resolved("beagle")
         if self.settings.stage2_window < self.settings.sim_steps:
-            raise ValueError(f"stage-2 window {self.settings.stage2_window} < simulation steps {self.settings.sim_steps}")
+            raise ValueError(f"stage-2 window {self.settings.stage2_window} < "
+                             f"simulation steps {self.settings.sim_steps}")
         self.num_terms = self.settings.sim_steps
         window = self.settings.stage2_window
         weights = torch.tensor([window - i + 1 for i in range(1, self.num_terms + 1)], dtype=torch.float64)
@@ -284,7 +289,8 @@ class BeagleStage2:
         noisy = batch.noisy_states(settings.noise, settings.noise_std)
         metrics = {"loss": 0.0, "ce": 0.0, "vloss": 0.0}
         total = torch.zeros((), device=batch.input_ids.device)
-        for out in simulate_drafting(draft, batch.input_ids, noisy, settings.stage2_window, offsets, settings.sim_steps):
+        steps = simulate_drafting(draft, batch.input_ids, noisy, settings.stage2_window, offsets, settings.sim_steps)
+        for out in steps:
             step, weight, count = out.step, self.weights[out.step - 1], denominators[out.step - 1]
             select = out.query_valid & valid.gather(1, out.query_positions)
             targets = batch.states.gather(1, out.query_positions[..., None].expand(-1, -1, batch.states.shape[-1]))

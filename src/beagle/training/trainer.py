@@ -70,6 +70,7 @@ class TrainConfig:
     vloss_weight: float | None = None  # default per arch: beagle 10.0, eagle2 1.0
     noise: str | None = None  # gaussian | uniform | none (default per arch: beagle gaussian, eagle2 uniform)
     noise_std: float = 0.2
+    loss_chunk: int | None = None  # rows per checkpointed LM-head loss chunk (saves [N, V] logits memory)
     seed: int = 0
     max_length: int = 2048
     heldout_fraction: float = 0.02
@@ -121,6 +122,7 @@ class TrainConfig:
             vloss_weight=self.vloss_weight,
             noise=self.noise,
             noise_std=self.noise_std,
+            loss_chunk=self.loss_chunk,
         )
 
     def stage_of(self, epoch: int) -> int:
@@ -289,7 +291,9 @@ class Trainer:
         from beagle.training.data import ShuffledBatches
 
         self.config = config.validate()
-        self.dist, self.device = setup_distributed(config.device)
+        # A target passed in decides the device (the draft shares its embedding and LM head).
+        device = config.device or (str(target.device) if target is not None else None)
+        self.dist, self.device = setup_distributed(device)
         if config.batch_size % self.dist.world_size:
             raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
         self.rank_batch = config.batch_size // self.dist.world_size
