@@ -140,6 +140,18 @@ def test_long_prompts_are_skipped(tiny):
     assert len(results["records"]) == 1
 
 
+def test_time_budget_stops_between_prompts(tiny):
+    target, _ = tiny
+    settings = GenerationSettings(max_new_tokens=4)
+    full = run_benchmark(target, {}, PROMPTS, settings, methods=["ar"], warmup_tokens=0, progress=False)
+    assert full["prompts"]["completed"] == 3 and not full["prompts"]["stopped_early"]
+    # A budget already spent: no prompt starts.
+    cut = run_benchmark(target, {}, PROMPTS, settings, methods=["ar"], warmup_tokens=0, progress=False,
+                        time_budget=0.0)
+    assert cut["prompts"]["stopped_early"]
+    assert cut["prompts"]["completed"] == 0 and cut["records"] == []
+
+
 def test_cudnn_sdp_backend_is_restored():
     from beagle.bench.harness import cudnn_sdp_backend
 

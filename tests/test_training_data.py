@@ -202,3 +202,27 @@ def test_regenerate_replaces_answers_once_and_caches(tmp_path):
     target.model.generate = None
     again = ChatDataset.from_file(path, target.tokenizer, 256, regenerate=settings, target=target)
     assert [e.input_ids.tolist() for e in again.examples] == [e.input_ids.tolist() for e in first.examples]
+
+
+def test_named_sharegpt_data_is_the_training_split(tmp_path, monkeypatch):
+    """`--data sharegpt` must exclude the held-out conversations `beagle bench` evaluates on."""
+    import json
+
+    import beagle.assets.registry as registry
+    from beagle.assets import datasets
+    from beagle.training.data import resolve_data_path
+
+    dump = tmp_path / "sharegpt.jsonl"
+    records = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+               for i in range(7)]
+    dump.write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(registry, "fetch_asset", lambda name, **kwargs: dump)
+    monkeypatch.setattr(datasets, "SHAREGPT_HELDOUT", 2)
+    monkeypatch.setattr(datasets.load_sharegpt, "__defaults__", (None, "train", 2))
+    path = resolve_data_path("sharegpt")
+    kept = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    assert kept == ["r0", "r1", "r2", "r3", "r4"]
+    held = [r["id"] for r in datasets.load_sharegpt(dump, split="heldout")]
+    assert held == ["r5", "r6"] and not set(kept) & set(held)
+    assert resolve_data_path("sharegpt") == path  # reused, not rewritten
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -228,6 +228,7 @@ def run_benchmark(
     draft_paths: dict | None = None,
     plots: bool = True,
     cudnn_sdp: bool | None = False,
+    time_budget: float | None = None,
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
@@ -238,7 +239,9 @@ def run_benchmark(
     noconcat: add ``<name>-noconcat`` for Beagle drafts; warmup_tokens: new tokens of the warm-up
     generation per method (0 = no warm-up); command / prompt_source / draft_paths: recorded as is;
     cudnn_sdp: the cuDNN attention backend during the run (default off, see the module docstring;
-    None = as set globally); plots: draw the PNGs when writing to ``out_dir``.
+    None = as set globally); plots: draw the PNGs when writing to ``out_dir``; time_budget: seconds
+    of timed prompts (the warm-up excluded) after which no new prompt is started (the prompts done so far are reported, and
+    ``prompts.stopped_early`` says so).
 
     The results dict is described in :mod:`beagle.bench.report` (``results.json``).
     """
@@ -268,7 +271,8 @@ def run_benchmark(
             _warm_up(target, prompts, settings, [runners[name] for name in names], warmup_tokens)
         bar = _progress_bar(total_turns * len(names), progress)
         try:
-            records, skipped = _timed_turns(target, prompts, settings, names, runners, reference, bar)
+            deadline = None if time_budget is None else time.perf_counter() + time_budget  # after the warm-up
+            records, skipped = _timed_turns(target, prompts, settings, names, runners, reference, bar, deadline)
         finally:
             bar.close()
 
@@ -305,6 +309,9 @@ def run_benchmark(
             "timed_turns": len(records),
             "categories": sorted({r["category"] for r in records}),
             "skipped": skipped,
+            "completed": len({r["prompt_id"] for r in records}),
+            "stopped_early": len({r["prompt_id"] for r in records}) + len({s["prompt_id"] for s in skipped})
+            < len(prompts),
         },
         "summary": summary,
         "by_category": {
@@ -325,12 +332,16 @@ def run_benchmark(
     return results
 
 
-def _timed_turns(target, prompts, settings, names, runners, reference, bar) -> tuple[list[dict], list[dict]]:
-    """Every method on every prompt turn, in rotating order; returns (records, skipped turns)."""
+def _timed_turns(target, prompts, settings, names, runners, reference, bar, deadline=None) -> tuple[list[dict], list[dict]]:
+    """Every method on every prompt turn, in rotating order; returns (records, skipped turns).
+    deadline: a time.perf_counter() value after which no new prompt is started."""
     greedy = dataclasses.replace(settings, temperature=0.0, seed=None)
     records: list[dict] = []
     skipped: list[dict] = []
-    for prompt in prompts:
+    for number, prompt in enumerate(prompts):
+        if deadline is not None and time.perf_counter() > deadline:
+            logger.warning("time budget spent: stopping after %d of %d prompts", number, len(prompts))
+            break
         answers: list[str] = []  # our greedy AR answers, the context of later turns
         for turn in range(len(prompt.turns)):
             ids = prompt_ids(target, prompt, turn, answers)

