@@ -188,7 +188,8 @@ def test_prompt_file_formats(tmp_path):
     with pytest.raises(DataError):
         load_prompt_file(bad)
     many = [BenchPrompt(id=str(i), category=c, turns=["x"]) for i, c in enumerate("aaabbbccc")]
-    assert [p.id for p in limit_prompts(many, 4)] == ["0", "1", "3", "6"]
+    assert [p.id for p in limit_prompts(many, 4)] == ["0", "3", "6", "1"]
+    assert [p.id for p in limit_prompts(many, None)] == ["0", "3", "6", "1", "4", "7", "2", "5", "8"]
 
 
 def test_cli_bench_smoke(tiny, tmp_path, capsys):

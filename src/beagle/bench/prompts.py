@@ -109,11 +109,12 @@ def load_prompts(source: str, limit: int | None = None) -> list[BenchPrompt]:
 
 
 def limit_prompts(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPrompt]:
-    """At most ``limit`` prompts, chosen round-robin over categories (first-appearance order)."""
-    if limit is None or limit >= len(prompts):
-        return list(prompts)
-    if limit < 1:
+    """At most ``limit`` prompts (all when None), ordered round-robin over categories (first-appearance
+    order): any prefix of the result, such as the prompts a ``--time-budget`` run gets through, covers the
+    categories evenly."""
+    if limit is not None and limit < 1:
         raise BeagleError(f"--limit must be ≥ 1, got {limit}")
+    limit = len(prompts) if limit is None else min(limit, len(prompts))
     by_category: dict[str, list[int]] = {}
     for index, prompt in enumerate(prompts):
         by_category.setdefault(prompt.category, []).append(index)
@@ -125,7 +126,7 @@ def limit_prompts(prompts: list[BenchPrompt], limit: int | None) -> list[BenchPr
             if depth < len(queue) and len(chosen) < limit:
                 chosen.append(queue[depth])
         depth += 1
-    return [prompts[index] for index in sorted(chosen)]
+    return [prompts[index] for index in chosen]
 
 
 def _load_builtin(name: str) -> list[BenchPrompt]:

@@ -27,8 +27,7 @@ MISSING_DRAFT = """\
 the shipped Beagle draft for SmolLM2 ({name}) is not in this checkout (expected drafts/{name}/ with \
 config.json and model.safetensors).
 It is trained on a GPU and committed to the repository; until it is there, train a draft yourself:
-  beagle fetch sharegpt                      # prints the path of the conversations
-  beagle train --target smollm2 --data PATH_FROM_ABOVE --out my-smollm2-beagle
+  beagle train --target smollm2 --data sharegpt --out my-smollm2-beagle
 then run the demo with it:
   beagle demo --draft my-smollm2-beagle"""
 
