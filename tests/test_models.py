@@ -105,3 +105,27 @@ def test_gqa_and_rope_follow_target():
     config = build_draft(target, "beagle").config
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 16)
     assert config.rope_parameters["rope_theta"] == target.config.rope_parameters["rope_theta"]
+
+
+def test_load_draft_accepts_shipped_names(monkeypatch, tmp_path, tiny_target):
+    import beagle.assets.shipped as shipped
+    from beagle.models.checkpoint import save_draft
+
+    draft = build_draft(tiny_target, "beagle")
+    save_draft(draft, tmp_path / "shipped-beagle")
+    monkeypatch.setattr(shipped, "shipped_draft_path", lambda name: tmp_path / "shipped-beagle")
+    loaded = load_draft("smollm2-beagle", target=tiny_target)
+    assert loaded.config.arch == "beagle"
+    assert all(torch.equal(a, b) for a, b in zip(draft.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_draft_logits_small_batch_path_matches_linear(tiny_target):
+    """The CPU few-rows path of DraftModel.logits computes the same logits as a plain linear layer."""
+    draft = build_draft(tiny_target, "beagle")
+    head = tiny_target.model.get_output_embeddings().weight
+    for rows in (1, 3, 9, 70):
+        hidden = torch.randn(1, rows, head.shape[1])
+        with torch.no_grad():
+            got = draft.logits(hidden)
+        assert got.shape == (1, rows, head.shape[0])
+        torch.testing.assert_close(got, torch.nn.functional.linear(hidden, head).float(), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,8 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 
 def add_draft_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--draft", default=None, help="draft checkpoint folder (Beagle or EAGLE-2); omit for plain decoding")
+    parser.add_argument("--draft", default=None, help="draft checkpoint folder (Beagle or EAGLE-2) or a shipped name (smollm2-beagle, "
+                             "smollm2-eagle2); omit for plain decoding")
     add_tree_args(parser)
 
 

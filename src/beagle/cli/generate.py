@@ -31,7 +31,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if args.prompt_file:
-        prompt = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file).read()
+        try:
+            prompt = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise BeagleError(f"cannot read --prompt-file {args.prompt_file}: {error}") from error
     if not prompt:
         raise BeagleError("the prompt is empty")
     settings = generation_settings(args)

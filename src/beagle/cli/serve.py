@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     generator = build_generator(args)
     model_name = args.model_name or default_model_name(args.target)
     app = create_app(generator, model_name, args.max_tokens_limit, api_key=api_key, max_queue=args.max_queue)
-    mode = f"Beagle draft {args.draft}" if args.draft else "plain decoding (no --draft)"
+    arch = getattr(getattr(generator.draft, "config", None), "arch", "draft")
+    mode = f"{arch} draft {args.draft}" if args.draft else "plain decoding (no --draft)"
     print(f"serving {model_name!r} ({mode}) at http://{_url_host(args.host)}:{args.port}/v1", file=sys.stderr)
     print(f"  context {generator.target.max_length} tokens, max_tokens ≤ {args.max_tokens_limit}, "
           f"API key {'required' if api_key else 'not required'}", file=sys.stderr)

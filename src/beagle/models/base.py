@@ -24,6 +24,9 @@ from beagle.models.draft_cache import DraftCache
 DRAFT_CLASSES: dict[str, type["DraftModel"]] = {}
 
 
+CPU_SMALL_BATCH_ROWS = 64  # see DraftModel.logits
+
+
 def register(arch: str):
     def decorate(cls):
         DRAFT_CLASSES[arch] = cls
@@ -73,7 +76,16 @@ class DraftModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Target LM head on draft states: [..., d] -> [..., V] float32 (gradient flows to hidden)."""
         head = self._parts()[1]
-        return nn.functional.linear(hidden.to(head.weight.dtype), head.weight, head.bias).float()
+        hidden = hidden.to(head.weight.dtype)
+        rows = hidden.numel() // hidden.shape[-1] if hidden.numel() else 0
+        if (head.weight.device.type == "cpu" and 1 < rows <= CPU_SMALL_BATCH_ROWS and head.bias is None
+                and not (torch.is_grad_enabled() and hidden.requires_grad)):
+            # Drafting on a CPU: a few rows against a [V, d] head. BLAS runs x @ Wᵀ for 2–64 rows at a
+            # fraction of its memory bandwidth; W @ xᵀ streams the head once (2–3× faster measured on
+            # SmolLM2's 49152 × 576 head, 2 cores). Draft logits only pick proposals: no effect on output.
+            flat = hidden.reshape(rows, hidden.shape[-1])
+            return (head.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
+        return nn.functional.linear(hidden, head.weight, head.bias).float()
 
     @property
     def device(self) -> torch.device:

@@ -67,8 +67,14 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
 def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     """Load a draft; when ``target`` is given, check it fits and bind the shared embedding / LM head.
 
-    device/dtype default to the target's (or CPU / float32 without a target).
+    ``directory``: a checkpoint folder, or the name of a draft shipped in the repository
+    (``smollm2-beagle``, ``smollm2-eagle2``). device/dtype default to the target's (or CPU / float32
+    without a target).
     """
+    from beagle.assets.shipped import SHIPPED, shipped_draft_path
+
+    if str(directory) in SHIPPED and not Path(directory).exists():
+        directory = shipped_draft_path(str(directory)) or Path("drafts") / SHIPPED[str(directory)]
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise BeagleError(
