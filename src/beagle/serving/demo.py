@@ -19,9 +19,11 @@ DEMO_TARGET = "smollm2"
 DEMO_DRAFT = "smollm2-beagle"
 DEMO_QUESTIONS = 3
 DEMO_MAX_NEW_TOKENS = 128
-# Draft tree for the demo: small, because on a CPU a target pass costs roughly in proportion to the
-# tokens it verifies. Tune after measuring the shipped draft (`beagle bench`).
-DEMO_TREE = {"depth": 4, "top_k": 6, "total_tokens": 24}
+# Draft tree for the demo, measured with the shipped draft on a 2-core CPU (bench/cpu/tree_sweep.py,
+# docs/results/cpu-tree-sweep.md): on such a CPU a pass over k tokens costs well over one token's pass and
+# each draft level reads the 49152 × 576 LM head, so no tree paid off there (0.68–0.77× AR); the smallest
+# useful tree lost least. On a GPU the default tree (5 / 10 / 60) is the one to use (1.45× on an H200).
+DEMO_TREE = {"depth": 2, "top_k": 2, "total_tokens": 4}
 
 MISSING_DRAFT = """\
 the shipped Beagle draft for SmolLM2 ({name}) is not in this checkout (expected drafts/{name}/ with \
