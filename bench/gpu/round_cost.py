@@ -24,27 +24,11 @@ import torch
 
 
 def build(tiny: bool, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from beagle.models.checkpoint import build_draft
-    from beagle.target.model import TargetModel
+    from random_models import random_target
 
-    if tiny:
-        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=4096)
-        dtype = torch.float32
-    else:
-        config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                             num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
-                             rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
-        dtype = torch.bfloat16
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).eval()
-    torch.set_default_dtype(previous)
-    target = TargetModel(model, None, name="llama-3.1-8b-shaped-random")
+    dtype = torch.float32 if tiny else torch.bfloat16
+    target = random_target("tiny" if tiny else "llama-3.1-8b", 2 if tiny else 32, device, dtype)
     draft = build_draft(target, "beagle").to(dtype)
     return target, draft
 
