@@ -141,27 +141,41 @@ def _atomic_writer(out: Path) -> tuple[Any, Path]:
     return handle, Path(handle.name)
 
 
+def write_jsonl(records, out_jsonl: str | os.PathLike[str]) -> int:
+    """Write ``records`` (dicts) as JSONL to ``out_jsonl`` atomically (a uniquely named temporary file
+    renamed into place, so concurrent writers cannot clash); returns the count."""
+    out = Path(out_jsonl)
+    handle, tmp = _atomic_writer(out)
+    count = 0
+    try:
+        with handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
 def salvage_sharegpt(json_path: str | os.PathLike[str], out_jsonl: str | os.PathLike[str]) -> int:
     """Recover the complete records of a truncated ShareGPT JSON array into JSONL; returns the count.
 
     Each output line is one record (``id``, ``conversations``), in file order. Non-object items are
     skipped. The output is written to a temporary file and renamed into place.
     """
-    out = Path(out_jsonl)
     stats: dict[str, int] = {}
-    handle, tmp = _atomic_writer(out)
-    count = skipped = 0
-    try:
-        with handle:
-            for item in iter_json_array(json_path, stats):
-                if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
-                    skipped += 1
-                    continue
-                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-                count += 1
-        publish(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    skipped = 0
+
+    def usable():
+        nonlocal skipped
+        for item in iter_json_array(json_path, stats):
+            if isinstance(item, dict) and isinstance(item.get("conversations"), list):
+                yield item
+            else:
+                skipped += 1
+
+    count = write_jsonl(usable(), out_jsonl)
     logger.info(
         "salvaged %d ShareGPT records from %s (%d malformed items skipped, truncated tail of %d characters dropped)",
         count, json_path, skipped, stats.get("dropped_chars", 0),

@@ -13,6 +13,13 @@ SHIPPED = {
 }
 
 
+def resolve_draft_path(name_or_path) -> Path:
+    """A shipped draft name -> its folder; anything else (a checkpoint folder) unchanged."""
+    if str(name_or_path) in SHIPPED and not Path(name_or_path).exists():
+        return shipped_draft_path(str(name_or_path)) or Path(name_or_path)
+    return Path(name_or_path)
+
+
 def shipped_draft_path(name: str) -> Path | None:
     """Folder of a shipped draft by name, or None when ``name`` is not one (or is not present)."""
     folder = SHIPPED.get(name)

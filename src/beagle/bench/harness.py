@@ -277,6 +277,7 @@ def run_benchmark(
             bar.close()
 
     summary = summarize(records, names)
+    completed = {r["prompt_id"] for r in records}
     results = {
         "schema": SCHEMA,
         "started_at": started_at,
@@ -309,9 +310,8 @@ def run_benchmark(
             "timed_turns": len(records),
             "categories": sorted({r["category"] for r in records}),
             "skipped": skipped,
-            "completed": len({r["prompt_id"] for r in records}),
-            "stopped_early": len({r["prompt_id"] for r in records}) + len({s["prompt_id"] for s in skipped})
-            < len(prompts),
+            "completed": len(completed),
+            "stopped_early": len(completed | {s["prompt_id"] for s in skipped}) < len(prompts),
         },
         "summary": summary,
         "by_category": {

@@ -70,9 +70,9 @@ def load_draft_from_args(args, target):
 
 def resolve_draft(name_or_path: str) -> str:
     """'smollm2-beagle' / 'smollm2-eagle2' name the drafts shipped in the repository."""
-    from beagle.assets.shipped import shipped_draft_path
+    from beagle.assets.shipped import resolve_draft_path
 
-    return str(shipped_draft_path(name_or_path) or name_or_path)
+    return str(resolve_draft_path(name_or_path))
 
 
 def build_generator(args):

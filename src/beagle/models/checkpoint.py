@@ -71,11 +71,9 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     (``smollm2-beagle``, ``smollm2-eagle2``). device/dtype default to the target's (or CPU / float32
     without a target).
     """
-    from beagle.assets.shipped import SHIPPED, shipped_draft_path
+    from beagle.assets.shipped import resolve_draft_path
 
-    if str(directory) in SHIPPED and not Path(directory).exists():
-        directory = shipped_draft_path(str(directory)) or Path("drafts") / SHIPPED[str(directory)]
-    directory = Path(directory)
+    directory = resolve_draft_path(directory)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise BeagleError(
             f"{directory} is not a draft checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "

@@ -111,22 +111,13 @@ def resolve_data_path(name_or_path: str | os.PathLike) -> Path:
 def sharegpt_train_file() -> Path:
     """The training split of the ShareGPT dump as JSONL (all but the held-out conversations that
     ``beagle bench --prompts sharegpt-heldout`` evaluates on), written once next to the fetched dump."""
-    from beagle.assets.datasets import load_sharegpt
+    from beagle.assets.datasets import load_sharegpt, write_jsonl
     from beagle.assets.registry import fetch_asset
 
     source = Path(fetch_asset("sharegpt"))
     path = source.with_name(source.stem + "-train.jsonl")
-    if path.exists() and path.stat().st_mtime >= source.stat().st_mtime:
-        return path
-    # A private temporary name: concurrent runs (two trainings started together) may both write it.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for record in load_sharegpt(source, split="train"):
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    if not (path.exists() and path.stat().st_mtime >= source.stat().st_mtime):
+        write_jsonl(load_sharegpt(source, split="train"), path)
     return path
 
 
