@@ -31,3 +31,13 @@ def test_round_cost_tiny(tmp_path):
     _run("round_cost.py", "--tiny", "--rounds", "2", "--out", str(out))
     report = json.loads(out.read_text())
     assert abs(sum(report["fraction_of_round"].values()) - 1.0) < 0.02
+
+
+def test_multi_gpu_train_tiny(tmp_path):
+    # The CLI under torchrun (2 gloo ranks): data parallel and fully sharded runs equal one process.
+    out = tmp_path / "multi"
+    _run("multi_gpu_train.py", "--tiny", "--nproc", "2", "--modes", "none,both", "--out", str(out))
+    rows = json.loads((out / "multi_gpu_train.json").read_text())["rows"]
+    assert [row["run"] for row in rows] == ["single", "fsdp-none", "fsdp-both"]
+    assert all(row["ok"] and row["steps"] == 4 for row in rows)
+    assert max(row["max_weight_diff_vs_single"] for row in rows) < 1e-5

@@ -256,6 +256,23 @@ def test_resume_is_exact(tmp_path, target):
     assert len(history[0]["acceptance"]) == 3
 
 
+def test_resume_reads_a_version_1_trainer_state(tmp_path, target):
+    """States written before the optimizer was keyed by parameter name (version 1) still resume exactly."""
+    data = write_jsonl(tmp_path / "d.jsonl", pretokenized(10, VOCAB, seed=1, low=12, high=24))
+    full = train(config_for(tmp_path / "a", data, max_steps=4), target=target)
+    trainer = Trainer(config_for(tmp_path / "b", data, max_steps=2), target)
+    trainer.run()
+    path = tmp_path / "b" / "run" / STATE_NAME
+    state = torch.load(path, weights_only=False)
+    assert state["version"] == 2 and "cross_attn.q_proj.weight" in state["optimizer"]["state"]
+    state.update(version=1, model=trainer.draft.state_dict(), optimizer=trainer.optimizer.state_dict())
+    torch.save(state, path)
+    resumed = train(config_for(tmp_path / "b", data, max_steps=4, resume=True), target=target)
+    a, b = weights(full, target), weights(resumed, target)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_offline_features_give_the_online_first_step_loss(tmp_path, target):
     data = write_jsonl(tmp_path / "d.jsonl", pretokenized(9, VOCAB, seed=2, low=12, high=30))
     dataset = ChatDataset.from_file(data, None, 2048)

@@ -16,7 +16,8 @@ draft size (shared embedding and LM head excluded; see beagle.models.params.para
 schedule: Beagle trains --epochs-stage1 epochs of multi-token prediction (inverse block mask, window
 --window) then --epochs-stage2 epochs of training-time simulation (--sim-steps steps, constant memory).
 EAGLE-2 trains the same total number of epochs with its own loss (EAGLE-3-style TTT with --ttt-steps).
-Multi-GPU: launch with `torchrun --nproc-per-node N -m beagle.cli.main train ...` (data parallel).
+Multi-GPU: launch with `torchrun --nproc-per-node N -m beagle.cli.main train ...` (data parallel; add
+--fsdp target|draft|both when the target or the draft's training state does not fit on one GPU).
 """
 
 
@@ -55,6 +56,9 @@ def register(subparsers) -> None:
     parser.add_argument("--regenerate", action="store_true",
                         help="replace assistant turns by the target's own greedy answers (cached)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/trainer_state.pt")
+    parser.add_argument("--fsdp", choices=["none", "draft", "target", "both"], default="none",
+                        help="under torchrun: shard the draft (weights, gradients, AdamW state), the frozen target's "
+                             "layers, or both over the ranks with FSDP2 instead of replicating them (default none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", default="auto", help="target dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32")
@@ -68,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
 
     from beagle.models.config import DraftConfig
     from beagle.models.params import parameter_formula
-    from beagle.target.model import load_target
     from beagle.training.trainer import TrainConfig, Trainer, setup_distributed
 
     config = TrainConfig(
@@ -78,18 +81,17 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
         regenerate=args.regenerate, resume=args.resume, loss_chunk=args.loss_chunk, seed=args.seed,
-        device=args.device, dtype=args.dtype,
+        fsdp=args.fsdp, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     ).validate()
-    dist, device = setup_distributed(args.device)
+    dist, _ = setup_distributed(args.device, process_group=args.fsdp != "none")
     main = dist.is_main
     # Progress messages of the trainer (epoch results, checkpoints) are worth showing on the main rank.
     logging.getLogger("beagle.training").setLevel(logging.INFO if main else logging.WARNING)
-    target = load_target(args.target, dtype=args.dtype, device=str(device))
-    count = parameter_formula(DraftConfig.from_target(target.config, args.arch))
+    trainer = Trainer(config)  # loads the target (sharded with --fsdp target|both) and the data
+    count = parameter_formula(DraftConfig.from_target(trainer.target.config, args.arch))
     if main:
         print(f"{args.arch} draft for {args.target}: {count:,} parameters ({count / 1e6:.1f}M)", file=sys.stderr)
-    trainer = Trainer(config, target)
     if main and hasattr(trainer.dataset, "report"):
         print(f"data: {trainer.dataset.report.summary()}", file=sys.stderr)
     out = trainer.run()
@@ -98,5 +100,8 @@ def run(args: argparse.Namespace) -> int:
         if last:
             rates = ", ".join(f"{rate:.3f}" for rate in last["acceptance"])
             print(f"held-out acceptance by position [{rates}], simulated tau {last['tau']:.2f}", file=sys.stderr)
+        if trainer.peak_memory_gib:
+            peaks = ", ".join(f"{value:.2f}" for value in trainer.peak_memory_gib)
+            print(f"peak GPU memory by rank: {peaks} GiB", file=sys.stderr)
         print(f"draft written to {out} (step {trainer.progress.step})")
     return 0

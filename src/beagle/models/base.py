@@ -48,6 +48,8 @@ def draft_class(arch: str) -> type["DraftModel"]:
 
 class DraftModel(nn.Module):
     arch = "base"
+    # Methods besides ``forward`` that training calls with the draft's parameters (FSDP hooks them).
+    fsdp_methods: tuple[str, ...] = ()
 
     def __init__(self, config: DraftConfig):
         super().__init__()

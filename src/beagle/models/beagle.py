@@ -21,6 +21,8 @@ from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
 
 @register("beagle")
 class BeagleDraft(DraftModel):
+    fsdp_methods = ("project_states", "decode")
+
     def __init__(self, config: DraftConfig):
         super().__init__(config)
         size, eps = config.hidden_size, config.rms_norm_eps

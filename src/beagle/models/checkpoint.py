@@ -40,9 +40,11 @@ def replace_directory(temporary: Path, destination: Path) -> None:
         os.replace(temporary, destination)
 
 
-def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: torch.dtype | None = None,
+               state_dict: dict | None = None) -> Path:
     """Save ``draft`` to ``directory`` (created or atomically replaced). ``extra`` is merged into
-    ``config.training`` (e.g. evaluation results). ``dtype`` optionally casts the stored weights."""
+    ``config.training`` (e.g. evaluation results). ``dtype`` optionally casts the stored weights.
+    ``state_dict``: the weights to store instead of ``draft.state_dict()`` (e.g. gathered from FSDP shards)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     config = draft.config
@@ -52,7 +54,7 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
     try:
         tensors = {
             name: (tensor.to(dtype) if dtype is not None else tensor).detach().contiguous().cpu()
-            for name, tensor in draft.state_dict().items()
+            for name, tensor in (state_dict if state_dict is not None else draft.state_dict()).items()
         }
         save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt", "arch": config.arch})
         config.save(temporary / CONFIG_NAME)

@@ -20,6 +20,8 @@ from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
 
 @register("eagle2")
 class Eagle2Draft(DraftModel):
+    fsdp_methods = ("fuse", "layer")
+
     def __init__(self, config: DraftConfig):
         super().__init__(config)
         size = config.hidden_size

@@ -17,8 +17,8 @@ on resuming. After each epoch: held-out evaluation (simulated acceptance, τ) an
 Data parallel: launched by ``torchrun`` (RANK / WORLD_SIZE set), every rank holds the draft and a
 replica of the target and processes its share of each global batch; gradients are summed with one
 all_reduce per step (not ``DistributedDataParallel``: the stage-2 objective backpropagates once per
-simulated step, which a manual all_reduce handles without per-backward syncs). Rank 0 writes
-checkpoints and logs. FSDP / sharded targets are not implemented.
+simulated step, which a manual all_reduce handles without per-backward syncs). ``fsdp`` shards the
+draft, the target or both instead (:mod:`beagle.training.distributed`). Rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
@@ -36,11 +36,23 @@ import numpy as np
 import torch
 
 from beagle.errors import BeagleError
+from beagle.training.distributed import (
+    Distributed,
+    check_fsdp_mode,
+    device_mesh,
+    full_state,
+    gradient_scale,
+    load_full_state,
+    local_norm,
+    setup_distributed,
+    shard_draft,
+    shard_target,
+)
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: optimizer state keyed by parameter name (any --fsdp mode); 1 still loads
 
 
 @dataclass
@@ -81,6 +93,7 @@ class TrainConfig:
     regenerate_max_new_tokens: int = 1024
     regenerate_batch_size: int = 16
     resume: bool = False
+    fsdp: str = "none"  # none | draft | target | both (see beagle.training.distributed)
     device: str | None = None
     dtype: str = "auto"  # target dtype (auto: bf16 on CUDA, fp32 on CPU); the draft trains in fp32 (TF32)
     tensorboard: bool = True
@@ -108,7 +121,19 @@ class TrainConfig:
             raise BeagleError("--ttt-steps applies to --arch eagle2 only (Beagle uses --sim-steps)")
         if self.features is not None and self.regenerate:
             raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
+        check_fsdp_mode(self.fsdp)
+        if self.regenerate and self.fsdp in ("target", "both"):
+            raise BeagleError("--regenerate needs the whole target on one device; regenerate without --fsdp target "
+                              "first (the answers are cached), then train with it")
         return self
+
+    @property
+    def shards_target(self) -> bool:
+        return self.fsdp in ("target", "both")
+
+    @property
+    def shards_draft(self) -> bool:
+        return self.fsdp in ("draft", "both")
 
     def objective_settings(self):
         from beagle.training.objectives import ObjectiveSettings
@@ -128,49 +153,6 @@ class TrainConfig:
     def stage_of(self, epoch: int) -> int:
         """1 or 2 for Beagle (0-based epoch); EAGLE-2 has one stage."""
         return 1 if self.arch == "eagle2" or epoch < self.epochs_stage1 else 2
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (in place; returns the tensor)."""
-        if self.enabled:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-
-def setup_distributed(device: str | None) -> tuple[Distributed, torch.device]:
-    """Join the process group when launched by torchrun (env RANK / WORLD_SIZE); pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if world_size <= 1:
-        return Distributed(), torch.device(device or ("cuda" if use_cuda else "cpu"))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    chosen = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(chosen)
-    return Distributed(rank, world_size, local_rank), chosen
 
 
 # --------------------------------------------------------------------------- state
@@ -213,13 +195,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _save_draft_into(draft, out: Path, extra: dict) -> None:
-    """Write config.json + model.safetensors into ``out`` without touching its other files
-    (save_draft replaces whole folders): save to a staging folder, then rename each file."""
+def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:
+    """Write config.json + model.safetensors (``state_dict``: the draft's full weights) into ``out`` without
+    touching its other files (save_draft replaces whole folders): save to a staging folder, then rename."""
     from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_draft
 
     staging = out / ".draft-staging"
-    save_draft(draft, staging, extra=extra)
+    save_draft(draft, staging, extra=extra, state_dict=state_dict)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         os.replace(staging / name, out / name)
     staging.rmdir()
@@ -293,7 +275,8 @@ class Trainer:
         self.config = config.validate()
         # A target passed in decides the device (the draft shares its embedding and LM head).
         device = config.device or (str(target.device) if target is not None else None)
-        self.dist, self.device = setup_distributed(device)
+        self.dist, self.device = setup_distributed(device, process_group=config.fsdp != "none")
+        self.mesh = device_mesh(self.dist, self.device) if config.fsdp != "none" else None
         if config.batch_size % self.dist.world_size:
             raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
         self.rank_batch = config.batch_size // self.dist.world_size
@@ -304,12 +287,16 @@ class Trainer:
         if target is None:
             if config.target is None:
                 raise BeagleError("pass --target")
-            from beagle.target.model import load_target
+            from beagle.target.model import load_target, resolve_dtype
 
-            target = load_target(config.target, dtype=config.dtype, device=str(self.device))
+            # A target to shard is read on the CPU; shard_target moves each layer's shard to the GPU.
+            load_on = "cpu" if config.shards_target else str(self.device)
+            target = load_target(config.target, dtype=resolve_dtype(config.dtype, self.device), device=load_on)
         self.target = target
         self.out = Path(config.out)
         self.dataset = _load_dataset(config, target, self.dist)
+        if config.shards_target:
+            shard_target(target, self.mesh, self.device)
         self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
         if len(self.train_indices) < config.batch_size:
             raise BeagleError(f"only {len(self.train_indices)} training sequences for a batch of {config.batch_size}")
@@ -319,11 +306,13 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.draft = build_draft(target, config.arch).to(self.device).train()
-        if self.dist.enabled:
+        if config.shards_draft:
+            shard_draft(self.draft, self.mesh)  # the same seeded weights on every rank, now 1/N each
+        elif self.dist.enabled:
             for parameter in self.draft.parameters():
                 torch.distributed.broadcast(parameter.data, src=0)
         self.parameters = [p for p in self.draft.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
+        fused = self.device.type == "cuda" and not config.shards_draft
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay, fused=fused or None)
         warmup = max(0, config.warmup)
@@ -332,6 +321,7 @@ class Trainer:
         self.progress = Progress()
         self.settings = config.objective_settings()
         self.writer = None
+        self.peak_memory_gib: list[float] = []  # per rank, set by run() on CUDA
         self._last_log = time.perf_counter()
         self._tokens_since_log = 0
 
@@ -351,8 +341,13 @@ class Trainer:
         for key in ("arch", "batch_size", "seed", "window", "sim_steps", "stage2_window", "ttt_steps"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise BeagleError(f"cannot resume: {key} was {saved[key]!r}, now {getattr(self.config, key)!r}")
-        self.draft.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("version", 1) >= 2:
+            load_full_state(self.draft, self.optimizer, state["model"], state["optimizer"])
+        elif self.config.shards_draft:
+            raise BeagleError(f"{path} was written by an older Beagle; resume it without --fsdp draft")
+        else:
+            self.draft.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         _set_rng_state(state["rng"])
@@ -384,7 +379,7 @@ class Trainer:
             for key, value in output.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + value
         self._sync_gradients()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -393,11 +388,18 @@ class Trainer:
                                                    device=self.device)).tolist()
         result = dict(zip(names, totals[:-1]))
         result["tokens"] = totals[-1]
-        result["grad_norm"] = float(grad_norm)
+        result["grad_norm"] = grad_norm
         result["lr"] = self.scheduler.get_last_lr()[0]
         return result
 
     def _sync_gradients(self) -> None:
+        if self.config.shards_draft:  # FSDP reduce-scattered them in backward
+            scale = gradient_scale(self.draft)
+            if scale != 1.0:
+                for parameter in self.parameters:
+                    if parameter.grad is not None:
+                        parameter.grad.mul_(scale)
+            return
         if not self.dist.enabled:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
@@ -443,6 +445,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def save(self) -> None:
+        model_state, optimizer_state = full_state(self.draft, self.optimizer)  # collective when sharded
         if not self.dist.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -457,11 +460,11 @@ class Trainer:
             "eval": self.progress.history[-1] if self.progress.history else None,
             "history": self.progress.history,
         }
-        _save_draft_into(self.draft, self.out, extra)
+        _save_draft_into(self.draft, model_state, self.out, extra)
         state = {
             "version": STATE_VERSION,
-            "model": {k: v.detach().cpu() for k, v in self.draft.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "progress": asdict(self.progress),
             "rng": _rng_state(),
@@ -538,8 +541,19 @@ class Trainer:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
+        self.peak_memory_gib = self._peak_memory_gib()
+        if self.peak_memory_gib:
+            logger.info("peak GPU memory by rank: %s GiB", ", ".join(f"{v:.2f}" for v in self.peak_memory_gib))
         self.dist.barrier()
         return self.out
+
+    def _peak_memory_gib(self) -> list[float]:
+        """Peak allocated CUDA memory of each rank's GPU (empty on CPU); a collective."""
+        if self.device.type != "cuda":
+            return []
+        values = torch.zeros(self.dist.world_size, dtype=torch.float64, device=self.device)
+        values[self.dist.rank] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return self.dist.all_reduce(values).tolist()
 
     def _done(self) -> bool:
         return self.config.max_steps is not None and self.progress.step >= self.config.max_steps
@@ -562,11 +576,12 @@ class Trainer:
                     self.save()  # stopped mid-epoch (--max-steps)
                     return
             progress.epoch, progress.position = epoch + 1, 0
-            if self.dist.is_main:
+            # Sharded modules need every rank in each forward: then all ranks evaluate (rank 0 keeps it).
+            if self.dist.is_main or config.fsdp != "none":
                 result = self.evaluate(epoch)
-                if result:
+                if result and self.dist.is_main:
                     progress.history.append(result)
-                self._log_eval(result)
+                    self._log_eval(result)
             self.save()
             self.dist.barrier()
 
