@@ -152,8 +152,23 @@ def test_time_budget_stops_between_prompts(tiny):
     assert cut["prompts"]["completed"] == 0 and cut["records"] == []
 
 
+def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked(monkeypatch):
+    from beagle.target.attention_backend import configure_attention, cudnn_sdp_backend
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with cudnn_sdp_backend(True):  # restores the setting afterwards
+        configure_attention("cpu")  # other devices: untouched
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        configure_attention("cuda")  # a flag flip: works without a GPU
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        monkeypatch.setenv("BEAGLE_CUDNN_SDP", "1")
+        configure_attention("cuda:0")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() is before
+
+
 def test_cudnn_sdp_backend_is_restored():
-    from beagle.bench.harness import cudnn_sdp_backend
+    from beagle.target.attention_backend import cudnn_sdp_backend
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with cudnn_sdp_backend(not before):

@@ -8,7 +8,8 @@ runs `beagle train` for the same steps and global batch:
                     for mode in none (data parallel), draft, target, both
 
 N = --nproc (default: every visible GPU; with one GPU the FSDP runs are single-rank smoke runs over NCCL).
-Reports per run: wall time, training throughput (tokens/s over the run, start-up included), the held-out
+Reports per run: wall time (start-up included), the training loop's time (evaluation and checkpoints
+included), the held-out
 loss and τ after the epoch, the peak GPU memory of every rank, and the largest weight difference from the
 single-process draft (same data, same global batch: the runs should agree up to float reduction order).
 
@@ -44,13 +45,15 @@ def write_target(folder: Path, shape: str, layers: int) -> None:
 
 
 def write_data(path: Path, vocab_size: int, count: int, length: int) -> None:
-    """Random periodic token sequences (learnable), 8 prompt tokens, the rest assistant tokens."""
+    """Random periodic token sequences (learnable) of length/4 .. length tokens (so batches differ in
+    shape, as chat data does), 8 prompt tokens, the rest assistant tokens."""
     rng = random.Random(0)
     with path.open("w") as handle:
         for _ in range(count):
             period = [rng.randrange(vocab_size) for _ in range(rng.randint(3, 24))]
-            ids = (period * (length // len(period) + 1))[:length]
-            handle.write(json.dumps({"input_ids": ids, "loss_mask": [0] * 8 + [1] * (length - 8)}) + "\n")
+            size = rng.randint(max(16, length // 4), length)
+            ids = (period * (size // len(period) + 1))[:size]
+            handle.write(json.dumps({"input_ids": ids, "loss_mask": [0] * 8 + [1] * (size - 8)}) + "\n")
 
 
 def run_training(name: str, launcher: list[str], common: list[str], out: Path, env: dict) -> dict:
@@ -66,9 +69,11 @@ def run_training(name: str, launcher: list[str], common: list[str], out: Path, e
         print(result.stderr[-3000:], flush=True)
         return {"run": name, "ok": False, "returncode": result.returncode, "wall_s": wall}
     peak = re.search(r"peak GPU memory by rank: ([\d., ]+) GiB", result.stderr)
+    loop = re.search(r"(\d+) steps in ([\d.]+) s", result.stderr)
     training = json.loads((out / name / "config.json").read_text())["training"]
     last = training["history"][-1] if training.get("history") else {}
     return {"run": name, "ok": True, "wall_s": round(wall, 1), "steps": training["step"],
+            "loop_s": float(loop.group(2)) if loop else None,
             "peak_gpu_gib_by_rank": [float(v) for v in peak.group(1).split(",")] if peak else [],
             "heldout_loss": last.get("loss"), "tau": last.get("tau")}
 
@@ -92,7 +97,7 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--arch", default="beagle")
-    parser.add_argument("--modes", default="none,draft,target,both")
+    parser.add_argument("--modes", default="none,draft,target,both", help="--fsdp modes under torchrun ('' = none)")
     args = parser.parse_args()
     if args.tiny:
         args.shape, args.layers, args.steps, args.length, args.batch_size, args.micro_batch_size = "tiny", 2, 4, 48, 4, 1
@@ -117,18 +122,16 @@ def main() -> None:
            "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": "1" if args.tiny else os.environ.get("OMP_NUM_THREADS", "4")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     rows = [run_training("single", [sys.executable], common, out, env)]
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         rows.append(run_training(f"fsdp-{mode}", torchrun, common, out, env))
-    tokens = args.steps * args.batch_size * args.length
     for row in rows:
-        if row["ok"]:
-            row["tokens_per_s"] = round(tokens / row["wall_s"])
-            if rows[0]["ok"]:
+        if row["ok"] and rows[0]["ok"]:
                 row["max_weight_diff_vs_single"] = weight_difference(out / "single", out / row["run"])
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "nproc": nproc,
               "gpus_visible": torch.cuda.device_count(), "torch": torch.__version__, "shape": args.shape,
               "layers": args.layers, "arch": args.arch, "steps": args.steps, "batch_size": args.batch_size,
-              "micro_batch_size": args.micro_batch_size, "length": args.length, "rows": rows}
+              "micro_batch_size": args.micro_batch_size, "max_length": args.length,
+              "cudnn_sdp": os.environ.get("BEAGLE_CUDNN_SDP", "0"), "rows": rows}
     (out / "multi_gpu_train.json").write_text(json.dumps(report, indent=2))
     for row in rows:
         print(json.dumps(row), flush=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU call 1: keep half A of the GGUF and the data outside the repository copy.
+# GPU call 1 (carry .stage/a): keep GGUF piece 0 and the data outside the repository copy.
 set -euo pipefail
 mkdir -p /tmp/beagle-stage
 cp .stage/a/* /tmp/beagle-stage/

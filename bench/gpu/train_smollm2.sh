@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU call 2 (after stage_b.sh, same command): train a Beagle and an EAGLE-2 draft for SmolLM2-135M-Instruct
+# GPU call 3 (after stage_c.sh, same command): train a Beagle and an EAGLE-2 draft for SmolLM2-135M-Instruct
 # on equal terms, side by side on one GPU (two processes; the GPU has room for both).
 #
 # Equal terms: the same 6000 ShareGPT training conversations (the held-out 500 excluded), rendered with

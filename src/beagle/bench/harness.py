@@ -20,12 +20,13 @@ same context for every method: turn 1 plus *our greedy AR answer* to turn 1 as t
 message (taken from the ``ar`` method at temperature 0, otherwise from an extra untimed greedy
 AR generation).
 
-cuDNN attention: by default the run disables PyTorch's cuDNN SDPA backend (``cudnn_sdp=False``).
-Measured on an H100 (torch 2.11, bf16), cuDNN builds an execution plan for every new attention
-shape (query length × key length), which stalls the first calls that meet a new shape by up to
-seconds; speculative methods meet many more shapes (tree sizes) than AR, so the stalls inflated
-their times by up to 10× on the first pass over the prompts. Flash / memory-efficient SDPA have no
-such cost. ``cudnn_sdp=None`` leaves the setting alone; the state used is in ``environment``.
+cuDNN attention: by default the run disables PyTorch's cuDNN SDPA backend (``cudnn_sdp=False``), for
+every method, as every Beagle entry point does on CUDA (:mod:`beagle.target.attention_backend`). cuDNN
+builds an execution plan for every new attention shape (query length × key length) and decoding meets a
+new one at nearly every call: measured on an H200 (torch 2.11, bf16, ``bench/gpu/round_cost.py``), plain
+AR decoding took 60–67 ms per token with it and 24 ms without; a speculative round 179 ms vs 49 ms.
+Flash / memory-efficient SDPA have no such cost, so "off" is every method's faster setting.
+``cudnn_sdp=None`` leaves the setting alone; the state used is in ``environment``.
 
 Prompts whose token count plus max_new_tokens exceeds the target's context are skipped (listed
 under ``prompts.skipped``).
@@ -54,6 +55,7 @@ from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError
+from beagle.target.attention_backend import cudnn_sdp_backend
 
 logger = logging.getLogger(__name__)
 
@@ -392,22 +394,6 @@ def _warm_up(target, prompts: list[BenchPrompt], settings: GenerationSettings, r
             for runner in runners:
                 runner.run(ids, warm)
             return
-
-
-@contextlib.contextmanager
-def cudnn_sdp_backend(enabled: bool | None):
-    """Enable / disable PyTorch's cuDNN scaled-dot-product-attention backend inside the block
-    (None: leave it), restoring the previous setting afterwards."""
-    backends = torch.backends.cuda
-    if enabled is None or not hasattr(backends, "enable_cudnn_sdp"):
-        yield
-        return
-    before = backends.cudnn_sdp_enabled()
-    backends.enable_cudnn_sdp(enabled)
-    try:
-        yield
-    finally:
-        backends.enable_cudnn_sdp(before)
 
 
 def _run_record(run: _Run, method: Method) -> dict:

@@ -47,8 +47,9 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup-tokens", type=int, default=64,
                         help="new tokens of the untimed warm-up generation per method (0 = none)")
     parser.add_argument("--cudnn-sdp", action="store_true",
-                        help="keep PyTorch's cuDNN attention backend on (default: off during the run; it "
-                             "compiles a plan per new attention shape, which stalls speculative decoding)")
+                        help="keep PyTorch's cuDNN attention backend on (default: off, as everywhere in Beagle "
+                             "unless BEAGLE_CUDNN_SDP=1; it re-plans every new attention shape, which stalls "
+                             "AR and speculative decoding alike)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from beagle.bench.report import markdown_table
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import load_draft
+    from beagle.target.attention_backend import cudnn_sdp_requested
     from beagle.target.model import load_target
 
     if args.no_concat and args.no_noconcat:
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_source=args.prompts,
         draft_paths=paths,
         plots=not args.no_plots,
-        cudnn_sdp=True if args.cudnn_sdp else False,
+        cudnn_sdp=bool(args.cudnn_sdp or cudnn_sdp_requested()),
     )
     print(markdown_table(results))
     skipped = results["prompts"]["skipped"]

@@ -26,6 +26,7 @@ from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, build_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
+from beagle.target.attention_backend import configure_attention
 from beagle.target.cache import keep_cache_entries, tree_attention_mask
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class SpeculativeGenerator:
 
     def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None):
         self.target = target
+        configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.target.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.draft = draft
         self.tree = tree or TreeSettings()

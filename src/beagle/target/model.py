@@ -219,6 +219,9 @@ def load_target(
     except (OSError, ValueError) as error:
         logger.warning("no tokenizer for %s (%s); token ids only", path, error)
         tokenizer = None
+    from beagle.target.attention_backend import configure_attention
+
+    configure_attention(device)
     return TargetModel(model.to(device), tokenizer, name=name_or_path)
 
 

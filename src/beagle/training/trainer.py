@@ -282,6 +282,9 @@ class Trainer:
         self.rank_batch = config.batch_size // self.dist.world_size
         self.micro_batch = min(config.micro_batch_size or self.rank_batch, self.rank_batch)
         if self.device.type == "cuda":
+            from beagle.target.attention_backend import configure_attention
+
+            configure_attention(self.device)  # batches of new lengths would re-plan cuDNN attention each step
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if target is None:
@@ -322,6 +325,7 @@ class Trainer:
         self.settings = config.objective_settings()
         self.writer = None
         self.peak_memory_gib: list[float] = []  # per rank, set by run() on CUDA
+        self.loop_seconds = 0.0  # wall time of run()'s training loop
         self._last_log = time.perf_counter()
         self._tokens_since_log = 0
 
@@ -534,6 +538,7 @@ class Trainer:
 
             bar = tqdm(total=total, initial=min(self.progress.step, total), desc="train", unit="step",
                        dynamic_ncols=True)
+        started, first_step = time.perf_counter(), self.progress.step
         try:
             self._run_epochs(bar, steps_per_epoch)
         finally:
@@ -541,6 +546,9 @@ class Trainer:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
+        self.loop_seconds = time.perf_counter() - started
+        logger.info("%d steps in %.1f s (evaluation and checkpoints included)", self.progress.step - first_step,
+                    self.loop_seconds)
         self.peak_memory_gib = self._peak_memory_gib()
         if self.peak_memory_gib:
             logger.info("peak GPU memory by rank: %s GiB", ", ".join(f"{v:.2f}" for v in self.peak_memory_gib))
