@@ -137,3 +137,47 @@ def test_bad_input(llama_target, tmp_path):
     other = make_tiny_target("llama", vocab_size=50)
     with pytest.raises(IncompatibleDraftError):
         SpeculativeGenerator(other, build_draft(llama_target, "eagle2"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_static_passes_give_the_eager_tokens(family):
+    """Fixed-shape target passes (the CUDA-graph path, run eagerly on a CPU) give the same greedy tokens,
+    for AR and speculative decoding, across tree shapes, and reuse / grow the static cache between calls."""
+    target = make_tiny_target(family, seed=1)
+    plain = SpeculativeGenerator(target)
+    static_plain = SpeculativeGenerator(target, static=True)
+    generator = torch.Generator().manual_seed(11)
+    for index, (arch, tree) in enumerate(itertools.product(("beagle", "eagle2"), TREES[:4])):
+        draft = build_draft(target, arch)
+        speculative = SpeculativeGenerator(target, draft, tree, static=True)
+        length = int(torch.randint(1, 20, (1,), generator=generator))
+        prompt = torch.randint(0, target.vocab_size, (length,), generator=generator).tolist()
+        settings = _greedy(16 + 8 * (index % 3))
+        expected = plain.generate(prompt, settings).token_ids
+        assert static_plain.generate(prompt, settings).token_ids == expected
+        assert speculative.generate(prompt, settings).token_ids == expected, (arch, tree, prompt)
+    runtime = target._beagle_static_runtime
+    assert runtime.capacity == 1024  # one capacity step served every call so far
+    long_prompt = torch.randint(0, target.vocab_size, (200,), generator=generator).tolist()
+    settings = _greedy(800)  # 200 + 800 + a 61-token pass: past one 1024-slot step
+    target.model.config.max_position_embeddings = 2048  # rotary tables are computed on the fly: no rebuild needed
+    try:
+        assert static_plain.generate(long_prompt, settings).token_ids == plain.generate(long_prompt, settings).token_ids
+        speculative = SpeculativeGenerator(target, build_draft(target, "beagle"), TREES[0], static=True)
+        assert speculative.generate(long_prompt, settings).token_ids == plain.generate(long_prompt, settings).token_ids
+    finally:
+        target.model.config.max_position_embeddings = 512
+    assert target._beagle_static_runtime is not runtime  # grew past the first capacity
+    assert target._beagle_static_runtime.capacity == 2048
+
+
+def test_static_deep_acceptance_keeps_the_right_cache_entries():
+    target = make_tiny_target("llama", seed=2)
+    make_bigram(target)
+    plain = SpeculativeGenerator(target)
+    for arch in ("beagle", "eagle2"):
+        speculative = SpeculativeGenerator(target, oracle_draft(target, arch, noise=0.05), TREES[0], static=True)
+        prompt = [5, 6, 7, 8, 9]
+        out = speculative.generate(prompt, _greedy(40))
+        assert out.token_ids == plain.generate(prompt, _greedy(40)).token_ids
+        assert out.stats.tau > 2.0  # whole paths accepted: the kept entries moved inside the static cache

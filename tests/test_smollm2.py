@@ -84,3 +84,15 @@ def test_cli_errors_are_one_line():
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "not a draft checkpoint" in result.stderr
+
+
+def test_generate_cli_static_gives_the_same_tokens():
+    base = [sys.executable, "-m", "beagle.cli.main", "generate", "--target", "smollm2", "--draft", "smollm2-beagle",
+            "--chat", "--prompt", "Name three colours.", "--max-new-tokens", "24", "--json", "--dtype", "float32"]
+    outputs = []
+    for extra in ([], ["--static"]):
+        result = subprocess.run(base + extra, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        outputs.append(json.loads(result.stdout))
+    assert outputs[1]["token_ids"] == outputs[0]["token_ids"]
+    assert outputs[1]["stats"]["tau"] > 1.0

@@ -140,15 +140,17 @@ class _Run:
 class _Runner:
     """Runs one method on prompt ids and times it."""
 
-    def __init__(self, method: Method, target, drafts: dict, tree: TreeSettings, eos_ids: set[int]):
+    def __init__(self, method: Method, target, drafts: dict, tree: TreeSettings, eos_ids: set[int],
+                 static: bool = False):
         self.method = method
         self.target = target
         self.eos_ids = sorted(eos_ids)
         self.generator = None
         if method.kind == "ar":
-            self.generator = SpeculativeGenerator(target, None, tree)
+            self.generator = SpeculativeGenerator(target, None, tree, static=static)
         elif method.kind == "draft":
-            self.generator = SpeculativeGenerator(target, drafts[method.draft], tree, concat=method.concat)
+            self.generator = SpeculativeGenerator(target, drafts[method.draft], tree, concat=method.concat,
+                                                  static=static)
         tokenizer = target.tokenizer
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = pad if isinstance(pad, int) else (self.eos_ids[0] if self.eos_ids else 0)
@@ -231,6 +233,7 @@ def run_benchmark(
     plots: bool = True,
     cudnn_sdp: bool | None = False,
     time_budget: float | None = None,
+    static: bool = False,
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
@@ -243,7 +246,8 @@ def run_benchmark(
     cudnn_sdp: the cuDNN attention backend during the run (default off, see the module docstring;
     None = as set globally); plots: draw the PNGs when writing to ``out_dir``; time_budget: seconds
     of timed prompts (the warm-up excluded) after which no new prompt is started (the prompts done so far are reported, and
-    ``prompts.stopped_early`` says so).
+    ``prompts.stopped_early`` says so); static: our engine's methods (ar and the drafts) run fixed-shape
+    target passes (CUDA graphs on a GPU, see :mod:`beagle.target.session`).
 
     The results dict is described in :mod:`beagle.bench.report` (``results.json``).
     """
@@ -262,8 +266,9 @@ def run_benchmark(
     if settings.ignore_eos and any(m.kind in ("hf", "hf-pld") for m in chosen):
         raise BeagleError("ignore_eos is not supported with the hf / hf-pld methods")
     eos_ids = target.eos_token_ids()
-    runners = {m.name: _Runner(m, target, drafts, tree, eos_ids) for m in chosen}
-    reference = runners["ar"] if "ar" in runners else _Runner(Method("ar", "ar"), target, drafts, tree, eos_ids)
+    runners = {m.name: _Runner(m, target, drafts, tree, eos_ids, static) for m in chosen}
+    reference = runners["ar"] if "ar" in runners else _Runner(Method("ar", "ar"), target, drafts, tree, eos_ids,
+                                                             static)
     total_turns = sum(len(p.turns) for p in prompts)
     logger.info("benchmarking %s on %d prompts (%d turns)", ", ".join(names), len(prompts), total_turns)
 
@@ -301,6 +306,7 @@ def run_benchmark(
             "tree": dataclasses.asdict(tree),
             "methods": [m.to_dict() for m in chosen],
             "warmup_tokens": warmup_tokens,
+            "static": static,
             "pld_num_tokens": PLD_NUM_TOKENS,
             "interleaving": "per prompt turn, method order rotated left by one each turn",
             "turn2_context": "turn-1 user message + our greedy AR turn-1 answer",

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beagle.cli.common import add_target_args, add_tree_args, resolve_draft, tree_settings
+from beagle.cli.common import add_static_arg, add_target_args, add_tree_args, resolve_draft, tree_settings
 from beagle.errors import BeagleError
 
 
@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
     add_tree_args(parser)  # its --no-concat here: run Beagle drafts in no-concat mode only
+    add_static_arg(parser)  # for ar and the drafts (not the HF methods)
     parser.set_defaults(func=run)
 
 
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         draft_paths=paths,
         plots=not args.no_plots,
         cudnn_sdp=bool(args.cudnn_sdp or cudnn_sdp_requested()),
+        static=args.static,
     )
     print(markdown_table(results))
     skipped = results["prompts"]["skipped"]

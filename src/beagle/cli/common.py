@@ -16,6 +16,13 @@ def add_draft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", default=None, help="draft checkpoint folder (Beagle or EAGLE-2) or a shipped name (smollm2-beagle, "
                              "smollm2-eagle2); omit for plain decoding")
     add_tree_args(parser)
+    add_static_arg(parser)
+
+
+def add_static_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--static", action="store_true",
+                        help="fixed-shape target passes over a preallocated KV cache, replayed as CUDA graphs on a "
+                             "GPU (one launch per pass); fp32 gives the same tokens, see beagle.target.session")
 
 
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
@@ -81,4 +88,5 @@ def build_generator(args):
 
     target = load_target_from_args(args)
     draft = load_draft_from_args(args, target)
-    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat)
+    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat,
+                                static=getattr(args, "static", False))

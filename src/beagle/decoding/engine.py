@@ -27,7 +27,7 @@ from beagle.decoding.tree import TreeSettings, build_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
 from beagle.target.attention_backend import configure_attention
-from beagle.target.cache import keep_cache_entries, tree_attention_mask
+from beagle.target.session import DynamicSession, StaticSession
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ class SpeculativeGenerator:
     """Generate with ``target`` (a :class:`~beagle.target.model.TargetModel`), speculatively when
     ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode."""
 
-    def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None):
+    def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None,
+                 static: bool = False):
         self.target = target
+        # static: fixed-shape target passes (CUDA graphs on a GPU), see beagle.target.session
+        self.static = static
         configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.target.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.draft = draft
@@ -144,11 +147,11 @@ class SpeculativeGenerator:
         if not settings.greedy:
             generator = torch.Generator(device=device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-        cache = target.new_cache()
-        self.last_target_cache = cache if self.keep_last_cache else None
+        session = self._session(len(prompt), settings)
+        self.last_target_cache = session.cache if self.keep_last_cache else None
         prompt_tensor = torch.tensor([prompt], device=device)
         clock = time.perf_counter()
-        hidden = target.forward(prompt_tensor, cache)
+        hidden = session.prefill(prompt_tensor)
         token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
         stats.target_passes += 1
         _synchronize(device)
@@ -157,7 +160,7 @@ class SpeculativeGenerator:
         position = len(prompt)  # position of `token`, the next input to the target
         if self.draft is None:
             while True:
-                hidden = target.forward(torch.tensor([[token]], device=device), cache)
+                hidden = session.step(token)
                 token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
                 stats.target_passes += 1
                 position += 1
@@ -181,29 +184,38 @@ class SpeculativeGenerator:
 
             clock = time.perf_counter()
             tree_tokens = tree.tokens.to(device)
-            inputs = torch.cat([torch.tensor([token], device=device), tree_tokens])[None]
+            inputs = torch.cat([torch.tensor([token], device=device), tree_tokens])
             positions = position + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
-            mask = tree_attention_mask(position, tree.ancestry().to(device), target.dtype)
-            hidden = target.forward(inputs, cache, positions[None], mask)
+            hidden = session.verify(inputs, positions, tree.ancestry().to(device))
             verdict = self.verifier(tree, target.logits(hidden[0]), settings, generator)
             keep = torch.tensor([0] + [node + 1 for node in verdict.path], device=device)
-            keep_cache_entries(cache, position, keep)
+            accepted_states = hidden[0, keep]  # before the next pass reuses a static output buffer
+            session.keep(keep)
             stats.target_passes += 1
             stats.accept_lengths.append(len(verdict.path))
             stats.tree_depths.append(tree.depth)
             _synchronize(device)
             stats.time_verify += time.perf_counter() - clock
 
-            accepted = inputs[0, keep]
+            accepted = inputs[keep]
             yield accepted[1:].tolist() + [verdict.bonus]
 
             clock = time.perf_counter()
             with torch.no_grad():
-                root_hidden = draft.start_round(draft_cache, accepted, hidden[0, keep], position, verdict.bonus)
+                root_hidden = draft.start_round(draft_cache, accepted, accepted_states, position, verdict.bonus)
             position += int(keep.shape[0])
             token = verdict.bonus
             _synchronize(device)
             stats.time_draft += time.perf_counter() - clock
+
+    def _session(self, prompt_length: int, settings: GenerationSettings):
+        """The target passes of one generation: dynamic (default) or static (CUDA graphs on a GPU)."""
+        if not self.static:
+            return DynamicSession(self.target)
+        verify_tokens = self.tree.total_tokens + 1 if self.draft is not None else 1
+        needed = prompt_length + settings.max_new_tokens + verify_tokens
+        graphs = self.target.device.type == "cuda"
+        return StaticSession(self.target, needed, verify_tokens, graphs=graphs)
 
     # ------------------------------------------------------------- helpers
     def _check_lengths(self, prompt: list[int], settings: GenerationSettings) -> None:

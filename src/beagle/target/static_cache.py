@@ -1,0 +1,85 @@
+"""A fixed-capacity target KV cache whose writes go to positions held in a tensor (CUDA-graph friendly).
+
+Layout per layer: keys / values ``[1, KV, capacity, hd]``, allocated on the first write and never
+reallocated, so their addresses stay fixed. A forward writes its T new entries at ``cache.write_positions``
+([T] long, set by the caller; a captured CUDA graph keeps reading the tensor it was captured with) and
+attends over all ``capacity`` slots: the caller's 4-D additive mask hides the slots that are not (yet)
+part of the sequence. Stale slots hold finite values from earlier writes (or zeros), so a hidden slot
+contributes exactly 0 to attention.
+
+It is a ``transformers`` ``Cache`` (HF attention calls ``cache.update(k, v, layer_idx, ...)``); the layer
+class implements the abstract methods of every transformers 5.x release (their names moved).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class _StaticLayer(CacheLayerMixin):
+    is_compileable = True
+    is_sliding = False
+    is_croppable = False
+
+    def __init__(self, owner: "StaticKVCache"):
+        super().__init__()
+        self.owner = owner
+        self.keys = None
+        self.values = None
+        self.is_initialized = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
+        value_states = key_states if value_states is None else value_states
+        batch, heads = key_states.shape[:2]
+        capacity = self.owner.capacity
+        self.keys = torch.zeros(batch, heads, capacity, key_states.shape[-1], dtype=key_states.dtype,
+                                device=key_states.device)
+        self.values = torch.zeros(batch, heads, capacity, value_states.shape[-1], dtype=value_states.dtype,
+                                  device=value_states.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states / value_states: [1, KV, T, hd] written at ``owner.write_positions`` [T]; returns the
+        whole store [1, KV, capacity, hd] (the mask decides what is visible)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        positions = self.owner.write_positions
+        self.keys.index_copy_(2, positions, key_states)
+        self.values.index_copy_(2, positions, value_states)
+        return self.keys, self.values
+
+    # The sizes HF asks for when it builds masks itself (it does not: Beagle passes 4-D masks).
+    def get_mask_sizes(self, *args, **kwargs) -> tuple[int, int]:
+        return self.owner.capacity, 0
+
+    def get_seq_length(self, *args, **kwargs) -> int:
+        return self.owner.length
+
+    def get_max_cache_shape(self, *args, **kwargs) -> int:
+        return self.owner.capacity
+
+    def get_max_length(self, *args, **kwargs) -> int:
+        return self.owner.capacity
+
+
+class StaticKVCache(Cache):
+    """capacity slots for ``num_layers`` layers. ``length``: the entries that belong to the sequence
+    (kept by the caller); ``write_positions``: [T] long slots of the next forward's T entries."""
+
+    def __init__(self, num_layers: int, capacity: int, device: torch.device):
+        self.capacity = int(capacity)
+        self.length = 0
+        self.write_positions = torch.zeros(1, dtype=torch.long, device=device)
+        super().__init__(layers=[_StaticLayer(self) for _ in range(num_layers)])
+
+    def keep(self, start: int, keep: torch.Tensor) -> None:
+        """Keep, after the first ``start`` entries, only entries ``start + keep`` (ascending), moved to be
+        contiguous; the sequence is then ``start + len(keep)`` long. keep: [A] long on the cache device."""
+        count = int(keep.shape[0])
+        source = keep + start
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys[:, :, start : start + count] = layer.keys[:, :, source]
+                layer.values[:, :, start : start + count] = layer.values[:, :, source]
+        self.length = start + count
