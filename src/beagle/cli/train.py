@@ -70,6 +70,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    import torch
+
     from beagle.models.config import DraftConfig
     from beagle.models.params import parameter_formula
     from beagle.training.trainer import TrainConfig, Trainer, setup_distributed
@@ -94,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.arch} draft for {args.target}: {count:,} parameters ({count / 1e6:.1f}M)", file=sys.stderr)
     if main and hasattr(trainer.dataset, "report"):
         print(f"data: {trainer.dataset.report.summary()}", file=sys.stderr)
-    out = trainer.run()
+    try:
+        out = trainer.run()
+    finally:
+        if dist.initialized and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if main:
         last = trainer.progress.history[-1] if trainer.progress.history else None
         if last:
