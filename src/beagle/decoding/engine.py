@@ -9,6 +9,8 @@ One round of speculative decoding::
                 ──> draft commits their true states (start_round) and drafts the bonus token's root
 
 Without a draft the same target code runs one token per pass (the AR baseline).
+Target passes go through a session (:mod:`beagle.target.session`): a growing cache (default) or, with
+``static=True``, fixed-shape passes over a preallocated cache, replayed as CUDA graphs on a GPU.
 Batch size 1.
 """
 
