@@ -105,6 +105,19 @@ def test_fsdp_matches_one_process(tmp_path, data, arch, fsdp, extra):
     assert evaluated["tau"] == pytest.approx(_history(single)[0]["tau"], abs=1e-6)
 
 
+def test_fsdp_from_offline_features(tmp_path, data):
+    """--features with a sharded draft and target: the target never runs, the sharded draft trains the same."""
+    from beagle.training.data import ChatDataset
+    from beagle.training.features import generate_features
+
+    target = tiny_target(VOCAB, seed=0)
+    features = generate_features(target, ChatDataset.from_file(data, None, 2048), tmp_path / "features",
+                                 shard_size=4, batch_tokens=64, states_dtype=torch.float32, progress=False)
+    single = train(_config(str(tmp_path / "single"), None, features=str(features), micro_batch_size=2), target=target)
+    sharded = _two_ranks(tmp_path / "fsdp", None, features=str(features), fsdp="both")
+    _assert_same_weights(single, sharded, target)
+
+
 def test_resume_across_fsdp_and_single_process(tmp_path, data):
     """1 step in one process -> step 2 on 2 FSDP ranks -> step 3 in one process == 3 steps in one process."""
     target = tiny_target(VOCAB, seed=0)
