@@ -181,3 +181,15 @@ def test_static_deep_acceptance_keeps_the_right_cache_entries():
         out = speculative.generate(prompt, _greedy(40))
         assert out.token_ids == plain.generate(prompt, _greedy(40)).token_ids
         assert out.stats.tau > 2.0  # whole paths accepted: the kept entries moved inside the static cache
+
+
+def test_static_sampling_draws_the_same_tokens():
+    """With the same seed, sampling over static passes draws what it draws over dynamic ones (fp32)."""
+    target = make_tiny_target("qwen2", seed=4)
+    draft = build_draft(target, "beagle")
+    settings = GenerationSettings(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=5, ignore_eos=True)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    for use_draft in (None, draft):
+        dynamic = SpeculativeGenerator(target, use_draft, TREES[4]).generate(prompt, settings).token_ids
+        static = SpeculativeGenerator(target, use_draft, TREES[4], static=True).generate(prompt, settings).token_ids
+        assert static == dynamic
