@@ -53,6 +53,9 @@ class SpeculativeGenerator:
         self.target = target
         # static: fixed-shape target passes (CUDA graphs on a GPU), see beagle.target.session
         self.static = static
+        if static and target.device.type != "cuda":
+            logger.warning("static decoding without a GPU: the fixed-shape passes run eagerly over the whole "
+                           "preallocated cache (slower than the default; same tokens)")
         configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.target.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.draft = draft
