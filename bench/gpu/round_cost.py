@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from pathlib import Path
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+from beagle.target.attention_backend import cudnn_sdp_backend
 
 
 def build(tiny: bool, device: str, shape: str = "llama-3.1-8b", layers: int = 32):
@@ -82,14 +84,11 @@ def main() -> None:
                         help="keep PyTorch's cuDNN attention on (Beagle turns it off on CUDA: it re-plans every shape)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    from beagle.target.attention_backend import cudnn_sdp_backend
-
     with cudnn_sdp_backend(args.cudnn_sdp if device == "cuda" else None):
         measure(args, device)
 
 
 def measure(args, device: str) -> None:
-    from beagle.target.attention_backend import cudnn_sdp_backend
 
     from beagle.decoding.sampling import GenerationSettings, choose_tokens
     from beagle.decoding.tree import TreeSettings, build_tree

@@ -14,12 +14,19 @@ def keep_cache_entries(cache, start: int, keep: torch.Tensor) -> None:
     """
     count = int(keep.shape[0])
     for layer in cache.layers:
-        source = keep.to(layer.keys.device) + start
-        layer.keys[:, :, start : start + count] = layer.keys[:, :, source]
-        layer.values[:, :, start : start + count] = layer.values[:, :, source]
+        move_entries(layer, start, keep)
         # Slice instead of ``cache.crop``: its argument changed meaning across transformers 5.x.
         layer.keys = layer.keys[:, :, : start + count]
         layer.values = layer.values[:, :, : start + count]
+
+
+def move_entries(layer, start: int, keep: torch.Tensor) -> None:
+    """In one cache layer (``keys`` / ``values`` [B, H, S, hd]), copy entries ``start + keep`` to
+    ``start .. start + len(keep) - 1`` (the source is gathered first, so overlapping moves are safe)."""
+    source = keep.to(layer.keys.device) + start
+    end = start + int(keep.shape[0])
+    layer.keys[:, :, start:end] = layer.keys[:, :, source]
+    layer.values[:, :, start:end] = layer.values[:, :, source]
 
 
 def tree_attention_mask(prefix_length: int, ancestry: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

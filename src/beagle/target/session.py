@@ -50,8 +50,8 @@ class DynamicSession:
         return hidden
 
     def verify(self, tokens: torch.Tensor, positions: torch.Tensor, ancestry: torch.Tensor) -> torch.Tensor:
-        """tokens / positions: [T] (root + tree nodes), ancestry: [T, T] bool -> hidden [1, T, d]. The
-        entries are pending until :meth:`keep`."""
+        """tokens / positions: [T] (root + tree nodes), ancestry: [T, T] bool, all on the target's device
+        -> hidden [1, T, d]. The entries are pending until :meth:`keep`."""
         mask = tree_attention_mask(self.length, ancestry, self.target.dtype)
         return self.target.forward(tokens[None], self.cache, positions[None], mask)
 
@@ -183,15 +183,14 @@ class StaticSession:
             tokens = torch.cat([tokens, tokens[-1:].expand(total - count)])
             positions = torch.cat([positions, positions[-1:].expand(total - count)])
         writes = torch.arange(start, start + total, device=self.device)
-        visible = ancestry.to(self.device)
 
         def fill(mask):
             mask.fill_(torch.finfo(mask.dtype).min)
             mask[..., :start] = 0
-            mask[0, 0, :count, start : start + count].masked_fill_(visible, 0)
+            mask[0, 0, :count, start : start + count].masked_fill_(ancestry, 0)
 
         return self.runtime.run(tokens, positions, writes, fill)[:, :count]
 
     def keep(self, keep: torch.Tensor) -> None:
-        self.cache.keep(self.length, keep.to(self.device))
+        self.cache.keep(self.length, keep)
         self.length = self.cache.length

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from beagle.target.cache import move_entries
+
 
 class _StaticLayer(CacheLayerMixin):
     is_compileable = True
@@ -76,10 +78,7 @@ class StaticKVCache(Cache):
     def keep(self, start: int, keep: torch.Tensor) -> None:
         """Keep, after the first ``start`` entries, only entries ``start + keep`` (ascending), moved to be
         contiguous; the sequence is then ``start + len(keep)`` long. keep: [A] long on the cache device."""
-        count = int(keep.shape[0])
-        source = keep + start
         for layer in self.layers:
             if layer.is_initialized:
-                layer.keys[:, :, start : start + count] = layer.keys[:, :, source]
-                layer.values[:, :, start : start + count] = layer.values[:, :, source]
-        self.length = start + count
+                move_entries(layer, start, keep)
+        self.length = start + int(keep.shape[0])

@@ -449,6 +449,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def save(self) -> None:
+        if not (self.dist.is_main or self.config.shards_draft):
+            return
         model_state, optimizer_state = full_state(self.draft, self.optimizer)  # collective when sharded
         if not self.dist.is_main:
             return
@@ -550,8 +552,6 @@ class Trainer:
         logger.info("%d steps in %.1f s (evaluation and checkpoints included)", self.progress.step - first_step,
                     self.loop_seconds)
         self.peak_memory_gib = self._peak_memory_gib()
-        if self.peak_memory_gib:
-            logger.info("peak GPU memory by rank: %s GiB", ", ".join(f"{v:.2f}" for v in self.peak_memory_gib))
         self.dist.barrier()
         return self.out
 
