@@ -85,8 +85,9 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
     depth = min(settings.depth, max_depth) if max_depth is not None else settings.depth
     depth = max(depth, 1)
     top_k = settings.top_k
-    log_probs = torch.log_softmax(draft.logits(root_hidden), dim=-1)[0]  # [V]
+    log_probs = torch.log_softmax(draft.draft_logits(root_hidden), dim=-1)[0]  # [N] (draft vocabulary)
     level_scores, level_tokens = torch.topk(log_probs, top_k)  # [k]
+    level_tokens = draft.to_target_ids(level_tokens)
     device = level_tokens.device
     pool_tokens = [level_tokens]
     pool_scores = [level_scores]
@@ -97,8 +98,9 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
     pool_size = top_k
     for level in range(2, depth + 1):
         hidden = draft.expand(cache, level_tokens, level_parents)  # states of the previous level's nodes
-        child_log_probs = torch.log_softmax(draft.logits(hidden), dim=-1)  # [k, V]
+        child_log_probs = torch.log_softmax(draft.draft_logits(hidden), dim=-1)  # [k, N]
         child_scores, child_tokens = torch.topk(child_log_probs, top_k, dim=-1)  # [k, k]
+        child_tokens = draft.to_target_ids(child_tokens)
         cumulative = (level_scores[:, None] + child_scores).flatten()  # [k*k]
         pool_tokens.append(child_tokens.flatten())
         pool_scores.append(cumulative)

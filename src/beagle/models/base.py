@@ -89,6 +89,17 @@ class DraftModel(nn.Module):
             return (head.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
         return nn.functional.linear(hidden, head.weight, head.bias).float()
 
+    # ------------------------------------------------------ draft vocabulary
+    # Drafting proposes tokens through these two methods only. Without a draft vocabulary they are
+    # the full head and the identity; with one (beagle.vocab) the head is restricted to the kept rows.
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Proposal logits over the draft vocabulary: [..., d] -> [..., N] float32 (N = V without one)."""
+        return self.logits(hidden)
+
+    def to_target_ids(self, indices: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices [...] -> target token ids [...] (the identity without a vocabulary)."""
+        return indices
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
