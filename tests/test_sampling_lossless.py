@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from beagle.decoding.engine import SpeculativeGenerator
+from beagle.decoding.fast import FastVerifier, choose_on_device
 from beagle.decoding.sampling import GenerationSettings, choose_tokens, target_probabilities
 from beagle.decoding.tree import TreeSettings
-from beagle.decoding.verify import TreeVerifier, Verdict, accept_path
+from beagle.decoding.verify import Acceptance, TreeVerifier, Verdict, accept_path
 from tests.conftest import make_tiny_target
 from tests.drafts import oracle_draft
 
@@ -122,3 +123,37 @@ def test_autoregressive_sampling_matches_too(setup):
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, ignore_eos=True)
     counts = sample_counts(SpeculativeGenerator(target), settings, samples=5_000)
     assert chi_squared_p_value(counts, exact_joint(target, settings)) > 1e-4
+
+
+# ------------------------------------------------------------------ the fast path
+class ForgotResidualFastVerifier(FastVerifier):
+    """BROKEN on purpose, the fast path's version of the bug above: the bonus is a fresh draw from the
+    full p at the last accepted node instead of the choice already made there."""
+
+    def accept(self, tree, choices, ancestry, logits, settings):
+        acceptance = super().accept(tree, choices, ancestry, logits, settings)
+        node = acceptance.keep[acceptance.count - 1]  # the last accepted row
+        redraw = choose_on_device(logits[node], settings, torch.rand(1))
+        return Acceptance(acceptance.keep, acceptance.count, redraw)
+
+
+FAST_SAMPLES = 8_000  # the fixed-shape phases run eagerly on a CPU, ~3× slower per call than the eager path
+
+
+def test_fast_path_sampling_matches_target_distribution(setup):
+    target, draft = setup
+    settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, top_p=0.8, ignore_eos=True)
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), fast=True)
+    counts = sample_counts(generator, settings, FAST_SAMPLES)
+    p_value = chi_squared_p_value(counts, exact_joint(target, settings))
+    assert p_value > 1e-4, f"fast-path samples deviate from the target distribution (p = {p_value:.2e})"
+
+
+def test_fast_path_broken_acceptance_rule_fails_the_same_test(setup):
+    target, draft = setup
+    settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, ignore_eos=True)
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), fast=True,
+                                     fast_verifier=ForgotResidualFastVerifier())
+    counts = sample_counts(generator, settings, FAST_SAMPLES)
+    p_value = chi_squared_p_value(counts, exact_joint(target, settings))
+    assert p_value < 1e-4, f"the broken rule was not detected (p = {p_value:.2e})"

@@ -2,8 +2,12 @@
 
 Methods (names as in results.json):
 
-- ``ar``: our engine without a draft (one token per target pass) — the reference.
+- ``ar``: our engine without a draft (one token per target pass) — the reference for exact match; on a GPU
+  the fast path (compiled, CUDA graphs) unless ``fast=False``.
+- ``ar-eager``: our engine without a draft on the eager path.
 - ``hf``: Hugging Face ``model.generate`` plain greedy / sampling, same max_new_tokens and EOS ids.
+- ``hf-static``: ``model.generate(cache_implementation="static")``: HF's static cache, whose decoding step
+  transformers compiles itself on a GPU — the plain method a user would pick for speed.
 - ``hf-pld``: Hugging Face prompt-lookup decoding (``prompt_lookup_num_tokens=10``).
 - ``<name>``: our engine with the draft ``<name>``; for Beagle drafts also ``<name>-noconcat``
   (``concat=False``: tree nodes see the true target states only).
@@ -30,6 +34,11 @@ Flash / memory-efficient SDPA have no such cost, so "off" is every method's fast
 
 Prompts whose token count plus max_new_tokens exceeds the target's context are skipped (listed
 under ``prompts.skipped``).
+
+Speed claims are ratios against the fastest plain (draft-free) method of the same run: ``speedup_vs_best_plain``
+(and ``best_plain`` names it); ``speedup_vs_ar`` / ``speedup_vs_hf`` are kept beside it. The warm-up pays the
+compilations and graph captures: our engine reserves its largest cache first, and ``hf-static`` warms up on
+two prompt lengths (its cache is sized per call, so its second length triggers transformers' recompilation).
 """
 
 from __future__ import annotations
@@ -60,14 +69,15 @@ from beagle.target.attention_backend import cudnn_sdp_backend
 logger = logging.getLogger(__name__)
 
 SCHEMA = "beagle-bench/1"
-BASELINES = ("ar", "hf", "hf-pld")
+BASELINES = ("ar", "ar-eager", "hf", "hf-static", "hf-pld")
+DEFAULT_BASELINES = ("ar", "hf", "hf-static", "hf-pld")
 PLD_NUM_TOKENS = 10
 NOCONCAT_SUFFIX = "-noconcat"
 
 
 @dataclass
 class Method:
-    """name: as reported; kind: "ar" | "hf" | "hf-pld" | "draft"; draft: the draft's name; concat: Beagle mode."""
+    """name: as reported; kind: one of BASELINES or "draft"; draft: the draft's name; concat: Beagle mode."""
 
     name: str
     kind: str
@@ -82,8 +92,9 @@ class Method:
 def resolve_methods(methods: Sequence[str] | str | None, drafts: dict, noconcat: bool = True) -> list[Method]:
     """Expand a method list into :class:`Method` s.
 
-    ``methods``: names among ``ar``, ``hf``, ``hf-pld``, ``drafts`` (every draft method), a draft's
-    name or ``<name>-noconcat``; a comma-separated string is accepted. ``None`` = all of them.
+    ``methods``: names among ``ar``, ``ar-eager``, ``hf``, ``hf-static``, ``hf-pld``, ``drafts`` (every draft
+    method), a draft's name or ``<name>-noconcat``; a comma-separated string is accepted. ``None`` = all
+    but ``ar-eager``.
     ``noconcat``: whether ``drafts`` includes the ``-noconcat`` variants of Beagle drafts.
     """
     draft_methods: list[Method] = []
@@ -96,7 +107,7 @@ def resolve_methods(methods: Sequence[str] | str | None, drafts: dict, noconcat:
             draft_methods.append(Method(name + NOCONCAT_SUFFIX, "draft", name, False, arch))
     known = {method.name: method for method in draft_methods}
     if methods is None:
-        methods = [*BASELINES, "drafts"]
+        methods = [*DEFAULT_BASELINES, "drafts"]
     elif isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     chosen: list[Method] = []
@@ -109,7 +120,7 @@ def resolve_methods(methods: Sequence[str] | str | None, drafts: dict, noconcat:
             expanded = [known[token]]
         else:
             hint = f"; draft methods: {', '.join(known)}" if known else " (no drafts given)"
-            raise BeagleError(f"unknown method {token!r}: use ar, hf, hf-pld, drafts or a draft method{hint}")
+            raise BeagleError(f"unknown method {token!r}: use {', '.join(BASELINES)}, drafts or a draft method{hint}")
         for method in expanded:
             if method.name not in {m.name for m in chosen}:
                 chosen.append(method)
@@ -141,16 +152,18 @@ class _Runner:
     """Runs one method on prompt ids and times it."""
 
     def __init__(self, method: Method, target, drafts: dict, tree: TreeSettings, eos_ids: set[int],
-                 static: bool = False):
+                 fast: bool | None = None, compile: bool | None = None):
         self.method = method
         self.target = target
         self.eos_ids = sorted(eos_ids)
         self.generator = None
         if method.kind == "ar":
-            self.generator = SpeculativeGenerator(target, None, tree, static=static)
+            self.generator = SpeculativeGenerator(target, None, tree, fast=fast, compile=compile)
+        elif method.kind == "ar-eager":
+            self.generator = SpeculativeGenerator(target, None, tree, fast=False)
         elif method.kind == "draft":
             self.generator = SpeculativeGenerator(target, drafts[method.draft], tree, concat=method.concat,
-                                                  static=static)
+                                                  fast=fast, compile=compile)
         tokenizer = target.tokenizer
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = pad if isinstance(pad, int) else (self.eos_ids[0] if self.eos_ids else 0)
@@ -195,6 +208,8 @@ class _Runner:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         if self.method.kind == "hf-pld":
             kwargs["prompt_lookup_num_tokens"] = PLD_NUM_TOKENS
+        if self.method.kind == "hf-static":
+            kwargs["cache_implementation"] = "static"
         # A plain generation config, so that defaults stored with the model (repetition penalty,
         # top-k 50 ...) cannot make HF decode differently from our engine.
         plain = GenerationConfig()
@@ -233,6 +248,8 @@ def run_benchmark(
     plots: bool = True,
     cudnn_sdp: bool | None = False,
     time_budget: float | None = None,
+    fast: bool | None = None,
+    compile: bool | None = None,
     static: bool = False,
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
@@ -246,8 +263,9 @@ def run_benchmark(
     cudnn_sdp: the cuDNN attention backend during the run (default off, see the module docstring;
     None = as set globally); plots: draw the PNGs when writing to ``out_dir``; time_budget: seconds
     of timed prompts (the warm-up excluded) after which no new prompt is started (the prompts done so far are reported, and
-    ``prompts.stopped_early`` says so); static: our engine's methods (ar and the drafts) run fixed-shape
-    target passes (CUDA graphs on a GPU, see :mod:`beagle.target.session`).
+    ``prompts.stopped_early`` says so); fast: our engine's methods (ar and the drafts) on the fast path
+    (:mod:`beagle.decoding.fast`; None = on a GPU only, False = eager); static=True is the older name of fast=True;
+    compile: torch.compile the fast path's target pass (None = on a GPU).
 
     The results dict is described in :mod:`beagle.bench.report` (``results.json``).
     """
@@ -263,12 +281,13 @@ def run_benchmark(
         raise BeagleError("no prompts to benchmark")
     chosen = resolve_methods(methods, drafts, noconcat)
     names = [m.name for m in chosen]
-    if settings.ignore_eos and any(m.kind in ("hf", "hf-pld") for m in chosen):
-        raise BeagleError("ignore_eos is not supported with the hf / hf-pld methods")
+    if settings.ignore_eos and any(m.kind.startswith("hf") for m in chosen):
+        raise BeagleError("ignore_eos is not supported with the hf methods")
+    fast = True if static else fast
     eos_ids = target.eos_token_ids()
-    runners = {m.name: _Runner(m, target, drafts, tree, eos_ids, static) for m in chosen}
+    runners = {m.name: _Runner(m, target, drafts, tree, eos_ids, fast, compile) for m in chosen}
     reference = runners["ar"] if "ar" in runners else _Runner(Method("ar", "ar"), target, drafts, tree, eos_ids,
-                                                             static)
+                                                             fast, compile)
     total_turns = sum(len(p.turns) for p in prompts)
     logger.info("benchmarking %s on %d prompts (%d turns)", ", ".join(names), len(prompts), total_turns)
 
@@ -306,7 +325,9 @@ def run_benchmark(
             "tree": dataclasses.asdict(tree),
             "methods": [m.to_dict() for m in chosen],
             "warmup_tokens": warmup_tokens,
-            "static": static,
+            "fast": {name: bool(r.generator.fast) for name, r in runners.items() if r.generator is not None},
+            "compile_and_capture_s": {name: round(r.generator.warmup_seconds, 3) for name, r in runners.items()
+                                      if r.generator is not None},
             "pld_num_tokens": PLD_NUM_TOKENS,
             "interleaving": "per prompt turn, method order rotated left by one each turn",
             "turn2_context": "turn-1 user message + our greedy AR turn-1 answer",
@@ -392,13 +413,24 @@ def _timed_turns(target, prompts, settings, names, runners, reference, bar, dead
 
 
 def _warm_up(target, prompts: list[BenchPrompt], settings: GenerationSettings, runners: list, tokens: int) -> None:
-    """Untimed warm-up: one generation of ``tokens`` new tokens per method on the first prompt that fits."""
+    """Untimed warm-up: one generation of ``tokens`` new tokens per method on the first prompt that fits
+    (our engine first reserves its cache for the longest prompt turn; ``hf-static`` also runs a second,
+    shorter prompt, see the module docstring)."""
     warm = dataclasses.replace(settings, max_new_tokens=min(settings.max_new_tokens, tokens))
+    longest = max((len(prompt_ids(target, prompt, 0)) for prompt in prompts), default=0)
+    # Turn 2 carries turn 1 and an answer: allow for it.
+    longest = min(longest + (settings.max_new_tokens + 64) * (max(len(p.turns) for p in prompts) - 1)
+                  + 64 * max(len(p.turns) for p in prompts), target.max_length - settings.max_new_tokens)
+    for runner in runners:
+        if runner.generator is not None:
+            runner.generator.reserve(max(longest, 1), settings.max_new_tokens)
     for prompt in prompts:
         ids = prompt_ids(target, prompt, 0)
         if len(ids) + warm.max_new_tokens <= target.max_length:
             for runner in runners:
                 runner.run(ids, warm)
+                if runner.method.kind == "hf-static" and len(ids) > 1:
+                    runner.run(ids[: max(1, len(ids) // 2)], warm)
             return
 
 
@@ -477,11 +509,16 @@ def summarize(records: list[dict], names: Sequence[str], brief: bool = False) ->
                 "peak_memory_over_baseline_bytes": max(over) if over else None,
             })
         out[name] = metrics
+    plain = {name: out[name]["tokens_per_s"] for name in out if name in BASELINES and out[name]["tokens_per_s"]}
+    best_plain = max(plain, key=plain.get) if plain else None
     for name, metrics in out.items():
         for base in ("ar", "hf"):
             reference = out.get(base, {}).get("tokens_per_s")
             mine = metrics["tokens_per_s"]
             metrics[f"speedup_vs_{base}"] = mine / reference if reference and mine is not None else None
+        metrics["best_plain"] = best_plain
+        mine = metrics["tokens_per_s"]
+        metrics["speedup_vs_best_plain"] = mine / plain[best_plain] if best_plain and mine is not None else None
     return out
 
 

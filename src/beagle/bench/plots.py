@@ -48,15 +48,15 @@ def plot_acceptance_by_depth(results: dict, path) -> Path | None:
 
 
 def plot_speedup_by_category(results: dict, path) -> Path | None:
-    """Grouped bars: speedup vs ``ar`` (or vs ``hf`` without ``ar``) per category, one bar per method."""
+    """Grouped bars: speedup vs the run's fastest plain method per category, one bar per method."""
     categories = results.get("by_category", {})
     if not categories:
         return None
     names = list(results["summary"])
-    key = "speedup_vs_ar" if "ar" in names else "speedup_vs_hf" if "hf" in names else None
-    if key is None:
+    key = "speedup_vs_best_plain"
+    baseline = next((m.get("best_plain") for m in results["summary"].values() if m.get("best_plain")), None)
+    if baseline is None:
         return None
-    baseline = "ar" if key == "speedup_vs_ar" else "hf"
     shown = [name for name in names if name != baseline]
     if not shown:
         return None

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beagle.cli.common import add_static_arg, add_target_args, add_tree_args, resolve_draft, tree_settings
+from beagle.cli.common import add_static_arg, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
 from beagle.errors import BeagleError
 
 
@@ -37,9 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--seed", type=int, default=0, help="base seed; the n-th prompt turn uses seed + n")
-    parser.add_argument("--methods", default="ar,hf,hf-pld,drafts",
-                        help="comma-separated: ar, hf, hf-pld, drafts (all drafts) or draft method names "
-                             "(default: ar,hf,hf-pld,drafts)")
+    parser.add_argument("--methods", default="ar,hf,hf-static,hf-pld,drafts",
+                        help="comma-separated: ar, ar-eager, hf, hf-static, hf-pld, drafts (all drafts) or draft "
+                             "method names (default: ar,hf,hf-static,hf-pld,drafts)")
     parser.add_argument("--no-noconcat", action="store_true",
                         help="do not add the <name>-noconcat method for Beagle drafts")
     parser.add_argument("--time-budget", type=float, default=None,
@@ -97,10 +97,12 @@ def run(args: argparse.Namespace) -> int:
     tree = tree_settings(args)
     names = draft_names(args.draft, args.draft_name)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = {"ar", "hf", "hf-pld", "drafts", *names, *(f"{name}-noconcat" for name in names)}
+    from beagle.bench.harness import BASELINES
+
+    known = {*BASELINES, "drafts", *names, *(f"{name}-noconcat" for name in names)}
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise BeagleError(f"unknown method(s) {', '.join(unknown)}: use ar, hf, hf-pld, drafts or a draft name "
+        raise BeagleError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(BASELINES)}, drafts or a draft name "
                           f"({', '.join(names) or 'no --draft given'}; Beagle drafts also <name>-noconcat)")
     prompts = load_prompts(args.prompts, args.limit)
     target = load_target(args.target, dtype=args.dtype, device=args.device)
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         draft_paths=paths,
         plots=not args.no_plots,
         cudnn_sdp=bool(args.cudnn_sdp or cudnn_sdp_requested()),
-        static=args.static,
+        **decoding_path(args),
     )
     print(markdown_table(results))
     skipped = results["prompts"]["skipped"]

@@ -20,9 +20,22 @@ def add_draft_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_static_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--static", action="store_true",
-                        help="fixed-shape target passes over a preallocated KV cache, replayed as CUDA graphs on a "
-                             "GPU (one launch per pass); fp32 gives the same tokens, see beagle.target.session")
+    """The decoding path: fast (default on a GPU) or eager (default on a CPU)."""
+    path = parser.add_mutually_exclusive_group()
+    path.add_argument("--eager", action="store_true",
+                      help="the eager path (growing caches, no compilation or CUDA graphs; the default on a CPU)")
+    path.add_argument("--fast", "--static", dest="fast", action="store_true",
+                      help="the fast path: fixed shapes, compiled target pass, each phase a CUDA graph (the "
+                           "default on a GPU; on a CPU it runs eagerly over static buffers, which is slower there)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="fast path without torch.compile of the target pass (CUDA graphs only; faster start)")
+
+
+def decoding_path(args) -> dict:
+    """SpeculativeGenerator keywords from --eager / --fast / --no-compile (None = the device's default)."""
+    fast = False if getattr(args, "eager", False) else True if getattr(args, "fast", False) else None
+    compile = False if getattr(args, "no_compile", False) else None
+    return {"fast": fast, "compile": compile}
 
 
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
@@ -88,5 +101,4 @@ def build_generator(args):
 
     target = load_target_from_args(args)
     draft = load_draft_from_args(args, target)
-    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat,
-                                static=getattr(args, "static", False))
+    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat, **decoding_path(args))

@@ -9,9 +9,16 @@ One round of speculative decoding::
                 ──> draft commits their true states (start_round) and drafts the bonus token's root
 
 Without a draft the same target code runs one token per pass (the AR baseline).
-Target passes go through a session (:mod:`beagle.target.session`): a growing cache (default) or, with
-``static=True``, fixed-shape passes over a preallocated cache, replayed as CUDA graphs on a GPU.
-Batch size 1.
+
+Two implementations of the round, chosen per generator:
+
+- the **fast path** (:mod:`beagle.decoding.fast`, the default on a GPU): all four phases at fixed shapes
+  over static buffers, the target pass compiled, each phase replayed as a CUDA graph, one host read per
+  round;
+- the **eager path** (the default on a CPU, ``fast=False`` / ``--eager`` elsewhere): the same algorithm with
+  growing caches and Python control flow, below.
+
+Both give the target's own tokens (tests compare them in fp32). Batch size 1.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from beagle.decoding.fast import FastState, FastVerifier
 from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, build_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
 from beagle.target.attention_backend import configure_attention
-from beagle.target.session import DynamicSession, StaticSession
+from beagle.target.session import DynamicSession
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +54,34 @@ class GenerationOutput:
 
 class SpeculativeGenerator:
     """Generate with ``target`` (a :class:`~beagle.target.model.TargetModel`), speculatively when
-    ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode."""
+    ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode.
+
+    fast: the fixed-shape path (None = on a GPU only; on a CPU it runs eagerly over static buffers, which
+    is slower than the eager path there). ``static=True`` is the older name of ``fast=True``.
+    compile: ``torch.compile`` the fast path's target pass (None = on a GPU). graphs: capture the fast
+    path's phases as CUDA graphs (None = on a GPU). The first call of a new capacity or sampling setting
+    pays compilation/capture once (``warmup_seconds``).
+    """
 
     def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None,
-                 static: bool = False):
+                 static: bool = False, fast: bool | None = None, compile: bool | None = None,
+                 graphs: bool | None = None, fast_verifier: FastVerifier | None = None,
+                 compile_backend: str = "inductor"):
         self.target = target
-        # static: fixed-shape target passes (CUDA graphs on a GPU), see beagle.target.session
-        self.static = static
-        if static and target.device.type != "cuda":
-            logger.warning("static decoding without a GPU: the fixed-shape passes run eagerly over the whole "
-                           "preallocated cache (slower than the default; same tokens)")
+        on_gpu = target.device.type == "cuda"
+        self.fast = bool(static) or (on_gpu if fast is None else bool(fast))
+        self.static = self.fast
+        self.compile = self.fast and (on_gpu if compile is None else bool(compile))
+        self.graphs = self.fast and (on_gpu if graphs is None else bool(graphs))
+        if self.graphs and not on_gpu:
+            raise BeagleError("CUDA graphs need a GPU; run with graphs=False on a CPU")
+        if self.fast and not on_gpu:
+            logger.info("fast path without a GPU: the fixed-shape phases run eagerly over static buffers "
+                        "(slower than the eager path on a CPU; same tokens)")
+        self.compile_backend = compile_backend
         configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.target.attention_backend)
         self.verifier = verifier or TreeVerifier()
+        self.fast_verifier = fast_verifier or FastVerifier()
         self.draft = draft
         self.tree = tree or TreeSettings()
         if draft is not None:
@@ -71,6 +95,19 @@ class SpeculativeGenerator:
         self.last_stats = DecodeStats()
         self.keep_last_cache = False  # tests inspect the target cache of the last call
         self.last_target_cache = None
+        self._fast_state: FastState | None = None
+
+    def reserve(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Size the fast path's buffers for requests up to these lengths now, so that no later call
+        recompiles for a larger cache (a no-op on the eager path)."""
+        if self.fast:
+            self._fast(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+
+    @property
+    def warmup_seconds(self) -> float:
+        """Seconds spent compiling the target pass and capturing the phase graphs so far (fast path)."""
+        state = self._fast_state
+        return 0.0 if state is None else state.passes.compile_seconds + state.capture_seconds
 
     # ---------------------------------------------------------------- API
     def generate(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> GenerationOutput:
@@ -146,13 +183,56 @@ class SpeculativeGenerator:
             stats.time_total = time.perf_counter() - started
 
     def _rounds(self, prompt: list[int], settings, stats, remaining) -> Iterator[list[int]]:
-        target = self.target
-        device = target.device
         generator = None
         if not settings.greedy:
-            generator = torch.Generator(device=device)
+            generator = torch.Generator(device=self.target.device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-        session = self._session(len(prompt), settings)
+        if self.fast:
+            return self._fast_rounds(prompt, settings, stats, generator)
+        return self._eager_rounds(prompt, settings, stats, remaining, generator)
+
+    def _fast_rounds(self, prompt: list[int], settings, stats, generator) -> Iterator[list[int]]:
+        """The fast path (:mod:`beagle.decoding.fast`): one host read per round, no timers in the loop
+        (the phases' time is the total minus prefill; ``time_draft`` / ``time_verify`` stay 0)."""
+        state = self._fast(len(prompt), settings)
+        self.last_target_cache = state.passes.cache if self.keep_last_cache else None
+        clock = time.perf_counter()
+        token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
+        stats.target_passes += 1
+        stats.time_prefill += time.perf_counter() - clock  # includes the first token's host read
+        yield [token]
+        position = len(prompt)  # of the root token, the next input to the target
+        depth = 0 if self.draft is None else self.tree.depth
+        while True:
+            if position + depth >= self.target.max_length:  # a full tree would pass the context limit
+                yield [state.tail_step(settings, generator)]
+                stats.target_passes += 1
+                position += 1
+                continue
+            output = state.round(settings, generator)
+            stats.target_passes += 1
+            position += len(output.tokens)
+            if self.draft is not None:
+                stats.accept_lengths.append(len(output.tokens) - 1)
+                stats.tree_depths.append(output.tree_depth)
+            yield output.tokens
+
+    def _fast(self, prompt_length: int, settings: GenerationSettings) -> FastState:
+        """The fast path's buffers, reused while the capacity fits (graphs are captured per state)."""
+        extra = 1 if self.draft is None else self.tree.depth + min(self.tree.total_tokens, self.tree.max_nodes()) + 2
+        needed = prompt_length + settings.max_new_tokens + extra
+        state = self._fast_state
+        if state is None or state.capacity < needed or state.passes is not getattr(self.target, "_beagle_fixed_passes", None):
+            self._fast_state = None  # release graphs before new buffers
+            state = FastState(self.target, self.draft, self.tree if self.draft is not None else None, needed,
+                              self.concat, self.graphs, self.compile, self.fast_verifier, self.compile_backend)
+            self._fast_state = state
+        return state
+
+    def _eager_rounds(self, prompt: list[int], settings, stats, remaining, generator) -> Iterator[list[int]]:
+        target = self.target
+        device = target.device
+        session = DynamicSession(target)
         self.last_target_cache = session.cache if self.keep_last_cache else None
         prompt_tensor = torch.tensor([prompt], device=device)
         clock = time.perf_counter()
@@ -212,15 +292,6 @@ class SpeculativeGenerator:
             token = verdict.bonus
             _synchronize(device)
             stats.time_draft += time.perf_counter() - clock
-
-    def _session(self, prompt_length: int, settings: GenerationSettings):
-        """The target passes of one generation: dynamic (default) or static (CUDA graphs on a GPU)."""
-        if not self.static:
-            return DynamicSession(self.target)
-        verify_tokens = self.tree.total_tokens + 1 if self.draft is not None else 1
-        needed = prompt_length + settings.max_new_tokens + verify_tokens
-        graphs = self.target.device.type == "cuda"
-        return StaticSession(self.target, needed, verify_tokens, graphs=graphs)
 
     # ------------------------------------------------------------- helpers
     def _check_lengths(self, prompt: list[int], settings: GenerationSettings) -> None:

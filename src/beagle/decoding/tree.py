@@ -55,6 +55,7 @@ class DraftTree:
     parents: torch.Tensor
     depths: torch.Tensor
     scores: torch.Tensor
+    max_depth: int  # the depth it was drafted to (a bound on depths; known without reading them)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -64,15 +65,18 @@ class DraftTree:
         return int(self.depths.max()) if len(self) else 0
 
     def ancestry(self) -> torch.Tensor:
-        """[N+1, N+1] bool, row i = nodes visible to node i (itself and its ancestors); node 0 is the root."""
+        """[N+1, N+1] bool, row i = nodes visible to node i (itself and its ancestors); node 0 is the root.
+
+        Fixed shapes, no host reads: each of ``max_depth`` rounds extends every row by its parent's row
+        (after r rounds a row holds r generations of ancestors).
+        """
         count = len(self) + 1
         device = self.tokens.device
-        visible = torch.eye(count, dtype=torch.bool, device=device)
-        parent_rows = self.parents + 1  # root -> 0
-        depths = self.depths
-        for level in range(1, self.depth + 1):
-            rows = torch.nonzero(depths == level)[:, 0] + 1
-            visible[rows] |= visible[parent_rows[rows - 1]]
+        own = torch.eye(count, dtype=torch.bool, device=device)
+        parent_rows = torch.cat([torch.zeros(1, dtype=torch.long, device=device), self.parents + 1])  # root -> 0
+        visible = own
+        for _ in range(self.max_depth):
+            visible = own | visible[parent_rows]
         return visible
 
 
@@ -123,4 +127,4 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
     position[chosen] = torch.arange(total, device=device)
     chosen_parents = parents[chosen]
     tree_parents = torch.where(chosen_parents >= 0, position[chosen_parents.clamp(min=0)], chosen_parents)
-    return DraftTree(tokens[chosen], tree_parents, depths[chosen], scores[chosen])
+    return DraftTree(tokens[chosen], tree_parents, depths[chosen], scores[chosen], depth)

@@ -39,28 +39,46 @@ class Verdict:
     bonus: int
 
 
-def accept_path(tree: DraftTree, choices: torch.Tensor) -> Verdict:
-    """choices: [N+1] the target's choice at the root (index 0) and at each node (1..N)."""
-    count = len(tree)
+@dataclass
+class Acceptance:
+    """The accepted path at fixed shapes (no host reads; the fast path captures it).
+
+    keep: [D+1] long, rows of [root, tree nodes] to keep: the root (0), then the accepted nodes (1-based)
+    root to leaf, padded with further rows; count: [1] long, how many rows of ``keep`` are real (1 + the
+    accepted length); bonus: [1] long, the target's choice after the last accepted node.
+    """
+
+    keep: torch.Tensor
+    count: torch.Tensor
+    bonus: torch.Tensor
+
+
+def accept_on_device(tree: DraftTree, choices: torch.Tensor, ancestry: torch.Tensor | None = None) -> Acceptance:
+    """choices: [N+1] the target's choice at the root (index 0) and at each node (1..N);
+    ancestry: ``tree.ancestry()`` if already computed. D = ``tree.max_depth``."""
     device = choices.device
     parent_rows = tree.parents.to(device) + 1  # root -> row 0
     matches = tree.tokens.to(device) == choices[parent_rows]  # [N]
-    accepted = torch.zeros(count + 1, dtype=torch.bool, device=device)
-    accepted[0] = True
-    depths = tree.depths.to(device)
-    for level in range(1, tree.depth + 1):
-        rows = torch.nonzero(depths == level)[:, 0] + 1
-        accepted[rows] = matches[rows - 1] & accepted[parent_rows[rows - 1]]
-    depth_of_row = torch.cat([torch.zeros(1, dtype=depths.dtype, device=device), depths])
-    deepest = int(torch.where(accepted, depth_of_row, -1).argmax())
-    path: list[int] = []
-    parents = tree.parents.tolist()
-    node = deepest - 1
-    while node >= 0:
-        path.append(node)
-        node = parents[node]
-    path.reverse()
-    return Verdict(path=path, bonus=int(choices[deepest]))
+    accepted = torch.ones(len(tree) + 1, dtype=torch.bool, device=device)
+    root = accepted[:1]
+    for _ in range(tree.max_depth):  # r rounds settle every node of depth <= r
+        accepted = torch.cat([root, matches & accepted[parent_rows]])
+    depth_of_row = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
+    deepest = torch.where(accepted, depth_of_row, -1).argmax()  # one accepted node per depth
+    ancestry = tree.ancestry() if ancestry is None else ancestry
+    on_path = ancestry[deepest]  # [N+1]: the root, the accepted nodes
+    # Rows on the path first (ascending = root to leaf, parents precede children), then the others.
+    order = torch.argsort((~on_path).to(torch.int8), stable=True)
+    keep = order[: tree.max_depth + 1]
+    return Acceptance(keep=keep, count=on_path.sum().reshape(1), bonus=choices[deepest].reshape(1))
+
+
+def accept_path(tree: DraftTree, choices: torch.Tensor) -> Verdict:
+    """choices: [N+1] the target's choice at the root (index 0) and at each node (1..N)."""
+    acceptance = accept_on_device(tree, choices)
+    count = int(acceptance.count)
+    path = [int(row) - 1 for row in acceptance.keep[1:count].tolist()]
+    return Verdict(path=path, bonus=int(acceptance.bonus))
 
 
 class TreeVerifier:

@@ -68,22 +68,24 @@ class BeagleDraft(DraftModel):
         return self.decode(token_ids, positions, keys, values, mask)
 
     # ------------------------------------------------------------ inference
-    def start_round(self, cache, new_tokens, new_states, start, root_token) -> torch.Tensor:
+    def start_round(self, cache, new_tokens, new_states, start, root_token, count=None) -> torch.Tensor:
         """Commit K/V of the true states at positions start..start+L-1 and draft the root.
 
-        new_tokens: [L] (unused: Beagle needs states only); new_states: [L, d]; root_token: int
-        at position start+L. Returns the root's draft state [1, d].
+        new_tokens: [L] (unused: Beagle needs states only); new_states: [L, d]; root_token: int or [1]
+        tensor at position start+L. The fast path pads: ``count`` ([1] tensor) of the L are real, the
+        root then sits at start+count, and ``start`` is a [1] tensor. Returns the root's draft state [1, d].
         """
         device = self.device
-        count = new_states.shape[0]
-        if count:
-            positions = torch.arange(start, start + count, device=device)[None]
+        written = new_states.shape[0]
+        count = written if count is None else count
+        if written:
+            positions = cache.positions(start, written)
             keys, values = self.project_states(new_states[None].to(device), positions)
-            cache.commit(keys, values)
+            cache.commit(keys, values, count)
         root_position = start + count
         keys, values = cache.visible()
-        root = torch.tensor([[int(root_token)]], device=device)
-        hidden = self.decode(root, torch.tensor([[root_position]], device=device), keys, values, None)[0]
+        root = torch.as_tensor(root_token, device=device).reshape(1, 1)
+        hidden = self.decode(root, cache.same_positions(root_position, 1), keys, values, cache.committed_mask(1))[0]
         cache.begin_tree(root_position, hidden)
         return hidden
 
@@ -98,13 +100,12 @@ class BeagleDraft(DraftModel):
         position = cache.root_position + cache.level
         if cache.concat:
             previous = cache.level_hidden  # [m, d] states at position - 1
-            positions = torch.full((1, previous.shape[0]), position - 1, device=self.device)
-            keys, values = self.project_states(previous[None], positions)
+            keys, values = self.project_states(previous[None], cache.same_positions(position - 1, previous.shape[0]))
             cache.add_tree_entries(keys, values, parents, owner=parents)
         else:
             cache.inherit(parents)
         keys, values = cache.visible()
-        positions = torch.full((1, tokens.shape[0]), position, device=self.device)
+        positions = cache.same_positions(position, tokens.shape[0])
         hidden = self.decode(tokens[None].to(self.device), positions, keys, values, cache.mask())[0]
         cache.level_hidden = hidden
         return hidden

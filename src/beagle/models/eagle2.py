@@ -63,21 +63,31 @@ class Eagle2Draft(DraftModel):
         return self.layer(self.fuse(token_ids, prev_features), positions, None, mask)[0]
 
     # ------------------------------------------------------------ inference
-    def start_round(self, cache, new_tokens, new_states, start, root_token) -> torch.Tensor:
+    def start_round(self, cache, new_tokens, new_states, start, root_token, count=None) -> torch.Tensor:
         """Commit the fused inputs (t_{j+1}, f_j) for j = start..start+L-1 (t_{start+L} = root)
-        at positions start+1..start+L, causally; the last output is the root's feature [1, d]."""
+        at positions start+1..start+L, causally; the last output is the root's feature [1, d].
+        The fast path pads: ``count`` ([1] tensor) of the L are real, so the root's input is row
+        count-1 and ``start`` is a [1] tensor."""
         device = self.device
-        count = new_states.shape[0]
-        tokens = torch.cat([new_tokens[1:].to(device), torch.tensor([int(root_token)], device=device)])
-        positions = torch.arange(start + 1, start + count + 1, device=device)[None]
+        written = new_states.shape[0]
+        root = torch.as_tensor(root_token, device=device).reshape(1)
+        tokens = torch.cat([new_tokens[1:].to(device), root])  # [L]: t_{start+1} .. t_{start+L}
+        last = written - 1 if count is None else count - 1
+        if count is not None:  # padded: the root's token goes to row count-1
+            rows = torch.arange(written, device=device)
+            tokens = torch.where(rows == last, root, tokens)
+        positions = cache.positions(start + 1, written)
         fused = self.fuse(tokens[None], new_states[None].to(device))
-        past_length = cache.length
-        causal = torch.ones(count, count, dtype=torch.bool, device=device).tril()
-        mask = torch.cat([torch.ones(count, past_length, dtype=torch.bool, device=device), causal], dim=1)
-        features, keys, values = self.layer(fused, positions, cache.visible(), mask[None, None])
-        cache.commit(keys, values)
-        hidden = features[:, -1]
-        cache.begin_tree(start + count, hidden)
+        causal = torch.ones(written, written, dtype=torch.bool, device=device).tril()
+        past_keys, past_values = cache.visible()
+        committed = cache.committed_mask(written)
+        if committed is None:
+            committed = torch.ones(1, 1, written, past_keys.shape[2], dtype=torch.bool, device=device)
+        mask = torch.cat([committed, causal[None, None]], dim=-1)
+        features, keys, values = self.layer(fused, positions, (past_keys, past_values), mask)
+        cache.commit(keys, values, count)
+        hidden = features[:, last] if count is None else features[0].index_select(0, last.reshape(1))
+        cache.begin_tree(start + (written if count is None else count), hidden)
         return hidden
 
     def expand(self, cache, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
@@ -85,7 +95,7 @@ class Eagle2Draft(DraftModel):
         the committed entries, its ancestors' entries and itself."""
         cache.level += 1
         count = tokens.shape[0]
-        positions = torch.full((1, count), cache.root_position + cache.level, device=self.device)
+        positions = cache.same_positions(cache.root_position + cache.level, count)
         fused = self.fuse(tokens[None].to(self.device), cache.level_hidden[parents][None])
         rope = self.rotary(positions, fused.dtype)
         keys, values = self.self_attn.project_kv(fused, rope)

@@ -110,14 +110,10 @@ class Attention(nn.Module):
         queries = rotate(self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2), *rope)
         empty_rows = None
         if mask is not None:
+            # A row with no visible key (Beagle's first position) looks at key 0 to avoid NaN; its output
+            # is zeroed below. Unconditional, so no host read decides it (the fast path captures this).
             empty_rows = ~mask.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
-            if bool(empty_rows.any()):
-                # Let empty rows look at key 0 to avoid NaN, then zero their output.
-                first_key = torch.zeros_like(mask[..., :1, :])
-                first_key[..., 0] = True
-                mask = mask | (empty_rows & first_key)
-            else:
-                empty_rows = None
+            mask = torch.cat([mask[..., :1] | empty_rows, mask[..., 1:]], dim=-1)
         if self.kv_heads != self.heads:
             repeat = self.heads // self.kv_heads
             keys = keys.repeat_interleave(repeat, dim=1)

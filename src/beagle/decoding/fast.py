@@ -1,0 +1,265 @@
+"""The fast path: every speculative round at fixed shapes, its phases captured as CUDA graphs.
+
+One round, four phases, each its own captured unit over the buffers of :class:`FastState`::
+
+    draft   build_tree over a StaticDraftCache  -> tree tokens / parents / depths, ancestry [N+1, N+1]
+    verify  one compiled target pass over [root, tree]  -> the target's choice at every node
+    accept  accept_on_device: the accepted path (padded to P = D+1 rows, with its count), the bonus token;
+            the target cache keeps the path (compaction); the length advances
+    commit  draft.start_round on the padded accepted true states  -> the next root's draft state
+    host    one read per round: the accepted tokens and their count
+
+Nothing inside a phase reads a host value: lengths and positions live in device tensors, commits are
+padded, and attention runs over whole static buffers behind masks. On a GPU each phase is captured once per
+(tree, sampling settings) and replayed; the target pass inside is compiled once per token count. On a CPU
+the same code runs eagerly (what the tests check against the eager engine in fp32).
+
+Without a draft the same state runs one ``step`` phase per token: the fast autoregressive baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from beagle.decoding.sampling import GenerationSettings, target_probabilities
+from beagle.decoding.tree import DraftTree, TreeSettings, build_tree
+from beagle.decoding.verify import Acceptance, accept_on_device
+from beagle.models.draft_cache import StaticDraftCache
+from beagle.target.fixed_passes import FixedShapeTarget
+
+logger = logging.getLogger(__name__)
+
+
+def choose_on_device(logits: torch.Tensor, settings: GenerationSettings, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """The target's choice per row without host reads: argmax, or inverse-CDF sampling of
+    :func:`~beagle.decoding.sampling.target_probabilities` with one uniform per row.
+
+    logits: [T, V] float32; uniforms: [T] in [0, 1) (sampling only) -> [T] long.
+    Exact: P(choice = t) = p_t (a token of probability 0 is never chosen: its CDF step is empty).
+    """
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    cdf = target_probabilities(logits, settings).cumsum(dim=-1)  # [T, V]
+    threshold = (uniforms * cdf[:, -1])[:, None]
+    return torch.searchsorted(cdf, threshold, right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
+
+
+class FastVerifier:
+    """The lossless rule at fixed shapes: one target choice per node (:func:`choose_on_device`), then
+    :func:`~beagle.decoding.verify.accept_on_device`. Tests subclass it to show a broken rule is caught."""
+
+    def choose(self, logits, settings, uniforms) -> torch.Tensor:
+        return choose_on_device(logits, settings, uniforms)
+
+    def accept(self, tree: DraftTree, choices: torch.Tensor, ancestry: torch.Tensor, logits, settings) -> Acceptance:
+        return accept_on_device(tree, choices, ancestry)
+
+
+@dataclass
+class RoundOutput:
+    """Host view of one round: tokens emitted (accepted path + bonus) and the tree's depth."""
+
+    tokens: list[int]
+    tree_depth: int
+
+
+class FastState:
+    """All static buffers of one (target, draft, tree) at one capacity, and the captured phases.
+
+    Shapes: N = tree tokens, P = rows of a padded accepted path (max depth + 1), d = target width.
+    """
+
+    def __init__(self, target, draft, tree: TreeSettings | None, capacity: int, concat: bool, graphs: bool,
+                 compile: bool, verifier: FastVerifier, compile_backend: str = "inductor"):
+        self.target = target
+        self.draft = draft
+        self.tree = tree
+        self.graphs = graphs
+        self.verifier = verifier
+        self.passes = FixedShapeTarget.for_target(target, capacity, compile=compile, compile_backend=compile_backend)
+        self.capacity = self.passes.capacity
+        device = self.device = target.device
+        self.length = torch.zeros(1, dtype=torch.long, device=device)  # tokens in the target cache = root position
+        self.root_token = torch.zeros(1, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(1, device=device)  # sampling: one uniform per row of a pass
+        self._captured: dict[tuple, dict[str, torch.cuda.CUDAGraph]] = {}
+        self.capture_seconds = 0.0
+        if draft is None:
+            self.out = torch.zeros(1, dtype=torch.long, device=device)
+            return
+        depth = tree.depth
+        self.nodes = min(tree.total_tokens, tree.max_nodes())
+        self.rows = min(depth, self.nodes) + 1  # P
+        tree_slots = depth * tree.top_k + 1  # ≥ both drafts' tree entries: 1 + k(D-2) (Beagle), k(D-1) (EAGLE-2)
+        self.draft_cache = StaticDraftCache(draft.config.num_key_value_heads, draft.config.head_dim, draft.device,
+                                            draft.dtype, self.capacity, tree_slots)
+        self.draft_cache.concat = concat
+        hidden_size = target.hidden_size
+        self.root_hidden = torch.zeros(1, hidden_size, dtype=draft.dtype, device=device)
+        self.tree_tokens = torch.zeros(self.nodes, dtype=torch.long, device=device)
+        self.tree_parents = torch.full((self.nodes,), -1, dtype=torch.long, device=device)
+        self.tree_depths = torch.ones(self.nodes, dtype=torch.long, device=device)
+        self.ancestry = torch.eye(self.nodes + 1, dtype=torch.bool, device=device)
+        self.verify_hidden = torch.zeros(self.nodes + 1, hidden_size, dtype=target.dtype, device=device)
+        self.verify_logits: torch.Tensor | None = None
+        self.choices = torch.zeros(self.nodes + 1, dtype=torch.long, device=device)
+        self.start = torch.zeros(1, dtype=torch.long, device=device)
+        self.count = torch.ones(1, dtype=torch.long, device=device)
+        self.accepted_tokens = torch.zeros(self.rows, dtype=torch.long, device=device)
+        self.accepted_states = torch.zeros(self.rows, hidden_size, dtype=target.dtype, device=device)
+        self.out = torch.zeros(self.rows + 2, dtype=torch.long, device=device)  # path tokens, bonus, count, depth
+        self.uniforms = torch.zeros(self.nodes + 1, device=device)
+
+    # ---------------------------------------------------------------- start
+    def prefill(self, prompt: torch.Tensor, settings: GenerationSettings, generator) -> int:
+        """prompt: [L] long. Eager: fills the caches, returns the first new token (one host read)."""
+        hidden, logits = self.passes.prefill(prompt)
+        uniforms = None if settings.greedy else torch.rand(1, generator=generator, device=self.device)
+        token = self.verifier.choose(logits, settings, uniforms)
+        self.length.fill_(prompt.shape[0])
+        self.root_token.copy_(token)
+        if self.draft is not None:
+            self.draft_cache.clear()
+            with torch.no_grad():
+                root_hidden = self.draft.start_round(self.draft_cache, prompt, hidden, self.length.new_zeros(1),
+                                                     self.root_token)
+            self.draft_cache.reset_tree()
+            self.root_hidden.copy_(root_hidden)
+        return int(token[0])
+
+    # ---------------------------------------------------------------- phases
+    def step_phase(self, settings: GenerationSettings) -> None:
+        """AR: the root token through the target at slot ``length``; its choice becomes the root."""
+        visible = self.passes.step_visibility(self.length)
+        _, logits = self.passes.run(self.root_token, self.length, self.length, visible)
+        token = self.verifier.choose(logits, settings, self.uniforms[:1])
+        self.root_token.copy_(token)
+        self.out.copy_(token)
+        self.length += 1
+
+    def draft_phase(self, settings: GenerationSettings) -> None:
+        """The draft tree from the root's state (fixed depth, fixed node counts)."""
+        cache = self.draft_cache
+        cache.begin_tree(self.length, self.root_hidden)
+        with torch.no_grad():
+            tree = build_tree(self.draft, cache, self.root_hidden, self.tree, self.tree.depth)
+        cache.reset_tree()
+        self.tree_tokens.copy_(tree.tokens)
+        self.tree_parents.copy_(tree.parents)
+        self.tree_depths.copy_(tree.depths)
+        self.ancestry.copy_(tree.ancestry())
+
+    def verify_phase(self, settings: GenerationSettings) -> None:
+        """One target pass over [root, tree] at slots length.., positions length + depth; the target's choices."""
+        inputs = torch.cat([self.root_token, self.tree_tokens])
+        zero = self.length.new_zeros(1)
+        positions = self.length + torch.cat([zero, self.tree_depths])
+        writes = self.length + torch.arange(inputs.shape[0], device=self.device)
+        visible = self.passes.tree_visibility(self.length, self.ancestry)
+        hidden, logits = self.passes.run(inputs, positions, writes.clamp(max=self.capacity - 1), visible)
+        self.verify_hidden.copy_(hidden)
+        self.verify_logits = logits
+        self.choices.copy_(self.verifier.choose(logits, settings, self.uniforms))
+
+    def accept_phase(self, settings: GenerationSettings) -> None:
+        """The accepted path; the target cache keeps it; the host's view of the round in ``out``."""
+        tree = self._tree()
+        acceptance = self.verifier.accept(tree, self.choices, self.ancestry, self.verify_logits, settings)
+        inputs = torch.cat([self.root_token, self.tree_tokens])
+        self.accepted_tokens.copy_(inputs[acceptance.keep])
+        self.accepted_states.copy_(self.verify_hidden[acceptance.keep])
+        self.passes.keep(self.length, acceptance.keep)
+        self.start.copy_(self.length)
+        self.count.copy_(acceptance.count)
+        self.length += acceptance.count
+        self.root_token.copy_(acceptance.bonus)
+        depth = self.tree_depths.max().reshape(1)
+        self.out.copy_(torch.cat([self.accepted_tokens[1:], acceptance.bonus, acceptance.count, depth]))
+
+    def commit_phase(self, settings: GenerationSettings) -> None:
+        """The draft commits the accepted true states (padded, ``count`` real) and drafts the new root."""
+        with torch.no_grad():
+            root_hidden = self.draft.start_round(self.draft_cache, self.accepted_tokens, self.accepted_states,
+                                                 self.start, self.root_token, self.count)
+        self.draft_cache.reset_tree()
+        self.root_hidden.copy_(root_hidden)
+
+    def _tree(self) -> DraftTree:
+        return DraftTree(self.tree_tokens, self.tree_parents, self.tree_depths, self.tree_depths.float(),
+                         self.tree.depth)
+
+    # ---------------------------------------------------------------- rounds
+    def round(self, settings: GenerationSettings, generator) -> RoundOutput:
+        """One speculative round (or one AR step without a draft); one host read."""
+        if not settings.greedy:
+            self.uniforms.copy_(torch.rand(self.uniforms.shape[0], generator=generator, device=self.device))
+        phases = ("step",) if self.draft is None else ("draft", "verify", "accept", "commit")
+        if self.graphs:
+            graphs = self._graphs(settings, phases)
+            for name in phases:
+                graphs[name].replay()
+        else:
+            for name in phases:
+                getattr(self, f"{name}_phase")(settings)
+        values = self.out.tolist()  # the round's one host synchronisation
+        if self.draft is None:
+            return RoundOutput(values, 0)
+        count, depth = values[-2], values[-1]
+        return RoundOutput(values[: count - 1] + [values[-3]], depth)
+
+    def tail_step(self, settings: GenerationSettings, generator) -> int:
+        """One eager AR step through the same state (the last tokens before the context limit, where a
+        full-depth tree would not fit)."""
+        if not settings.greedy:
+            self.uniforms[:1].copy_(torch.rand(1, generator=generator, device=self.device))
+        self.step_phase(settings)
+        return int(self.out[0])
+
+    def _graphs(self, settings: GenerationSettings, phases) -> dict[str, torch.cuda.CUDAGraph]:
+        key = (phases, settings.greedy, settings.temperature, settings.top_k, settings.top_p)
+        graphs = self._captured.get(key)
+        if graphs is None:
+            graphs = self._captured[key] = self._capture(settings, phases)
+        return graphs
+
+    def _capture(self, settings, phases) -> dict[str, torch.cuda.CUDAGraph]:
+        """Warm each phase up (compiles the target pass on first use), then capture it. The warm-up runs
+        over the live buffers, so save and restore them: capturing must not change the generation."""
+        started = time.perf_counter()
+        saved = self._snapshot()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                for name in phases:
+                    getattr(self, f"{name}_phase")(settings)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graphs = {}
+        for name in phases:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                getattr(self, f"{name}_phase")(settings)
+            graphs[name] = graph
+        self._restore(saved)
+        torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.capture_seconds += seconds
+        logger.info("captured the %s phase graphs in %.1f s", "/".join(phases), seconds)
+        return graphs
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        tensors = {"length": self.length, "root_token": self.root_token}
+        if self.draft is not None:
+            tensors |= {"root_hidden": self.root_hidden, "draft_keys": self.draft_cache.keys,
+                        "draft_values": self.draft_cache.values, "draft_length": self.draft_cache.length_t}
+        for index, layer in enumerate(self.passes.cache.layers):
+            tensors[f"keys{index}"], tensors[f"values{index}"] = layer.keys, layer.values
+        return {name: tensor.clone() for name, tensor in tensors.items()} | {"_live": tensors}
+
+    def _restore(self, saved) -> None:
+        for name, tensor in saved.pop("_live").items():
+            tensor.copy_(saved[name])
