@@ -211,6 +211,26 @@ class FastState:
         count, depth = values[-2], values[-1]
         return RoundOutput(values[: count - 1] + [values[-3]], depth)
 
+    def profile_round(self, settings: GenerationSettings, generator) -> dict[str, float]:
+        """One round with CUDA events between the phases (opt-in profiling, never in the hot loop):
+        milliseconds per phase, and ``host`` = the host read plus Python bookkeeping after the last phase.
+        Advances the generation like :meth:`round` (GPU with graphs only)."""
+        phases = ("step",) if self.draft is None else ("draft", "verify", "accept", "commit")
+        graphs = self._graphs(settings, phases)
+        if not settings.greedy:
+            self.uniforms.copy_(torch.rand(self.uniforms.shape[0], generator=generator, device=self.device))
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(phases) + 1)]
+        started = time.perf_counter()
+        events[0].record()
+        for index, name in enumerate(phases):
+            graphs[name].replay()
+            events[index + 1].record()
+        self.out.tolist()
+        total = 1e3 * (time.perf_counter() - started)
+        timings = {name: events[i].elapsed_time(events[i + 1]) for i, name in enumerate(phases)}
+        timings["host"] = max(0.0, total - sum(timings.values()))
+        return timings
+
     def tail_step(self, settings: GenerationSettings, generator) -> int:
         """One eager AR step through the same state (the last tokens before the context limit, where a
         full-depth tree would not fit)."""
