@@ -20,6 +20,7 @@ Without a draft the same state runs one ``step`` phase per token: the fast autor
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -254,9 +255,16 @@ class FastState:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            for _ in range(2):
+            for attempt in range(2):
+                # BEAGLE_SYNC_DEBUG=1: report every host synchronisation of the second warm-up (a phase
+                # with one cannot be captured).
+                debug = attempt == 1 and os.environ.get("BEAGLE_SYNC_DEBUG") == "1"
+                if debug:
+                    torch.cuda.set_sync_debug_mode("warn")
                 for name in phases:
                     getattr(self, f"{name}_phase")(settings)
+                if debug:
+                    torch.cuda.set_sync_debug_mode("default")
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graphs = {}
         for name in phases:

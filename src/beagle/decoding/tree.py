@@ -108,7 +108,7 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
         cumulative = (level_scores[:, None] + child_scores).flatten()  # [k*k]
         pool_tokens.append(child_tokens.flatten())
         pool_scores.append(cumulative)
-        pool_parents.append(level_pool_index.repeat_interleave(top_k))
+        pool_parents.append(level_pool_index[:, None].expand(top_k, top_k).flatten())  # each parent k times
         pool_depths.append(torch.full((top_k * top_k,), level, dtype=torch.long, device=device))
         level_scores, best = torch.topk(cumulative, top_k)
         level_tokens = child_tokens.flatten()[best]

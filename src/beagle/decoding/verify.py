@@ -66,11 +66,12 @@ def accept_on_device(tree: DraftTree, choices: torch.Tensor, ancestry: torch.Ten
     depth_of_row = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
     deepest = torch.where(accepted, depth_of_row, -1).argmax()  # one accepted node per depth
     ancestry = tree.ancestry() if ancestry is None else ancestry
-    on_path = ancestry[deepest]  # [N+1]: the root, the accepted nodes
+    deepest = deepest.reshape(1)  # index with a 1-D tensor: a 0-D one is read on the host
+    on_path = ancestry.index_select(0, deepest)[0]  # [N+1]: the root, the accepted nodes
     # Rows on the path first (ascending = root to leaf, parents precede children), then the others.
     order = torch.argsort((~on_path).to(torch.int8), stable=True)
     keep = order[: tree.max_depth + 1]
-    return Acceptance(keep=keep, count=on_path.sum().reshape(1), bonus=choices[deepest].reshape(1))
+    return Acceptance(keep=keep, count=on_path.sum().reshape(1), bonus=choices.index_select(0, deepest))
 
 
 def accept_path(tree: DraftTree, choices: torch.Tensor) -> Verdict:

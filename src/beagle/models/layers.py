@@ -114,14 +114,20 @@ class Attention(nn.Module):
             # is zeroed below. Unconditional, so no host read decides it (the fast path captures this).
             empty_rows = ~mask.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
             mask = torch.cat([mask[..., :1] | empty_rows, mask[..., 1:]], dim=-1)
-        if self.kv_heads != self.heads:
+        if self.kv_heads != self.heads:  # GQA: each key/value head serves `repeat` consecutive query heads
             repeat = self.heads // self.kv_heads
-            keys = keys.repeat_interleave(repeat, dim=1)
-            values = values.repeat_interleave(repeat, dim=1)
+            keys = _repeat_heads(keys, repeat)
+            values = _repeat_heads(values, repeat)
         out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
         if empty_rows is not None:
             out = out.masked_fill(empty_rows, 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
+
+
+def _repeat_heads(x: torch.Tensor, repeat: int) -> torch.Tensor:
+    """[B, KV, S, hd] -> [B, KV·repeat, S, hd], head h of the output = head h // repeat of the input."""
+    batch, heads, length, size = x.shape
+    return x[:, :, None].expand(batch, heads, repeat, length, size).reshape(batch, heads * repeat, length, size)
 
 
 class SwiGLU(nn.Module):
