@@ -136,8 +136,8 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
     if stripped.startswith("{"):
         try:  # one JSON object: a single record, or {"data": [records]}
             whole = json.loads(stripped)
-        except json.JSONDecodeError:
-            whole = None  # JSONL
+        except (json.JSONDecodeError, RecursionError):
+            whole = None  # JSONL (a line nested too deeply is reported below)
         if isinstance(whole, dict):
             yield from (whole["data"] if isinstance(whole.get("data"), list) else [whole])
             return
@@ -148,6 +148,8 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
             yield json.loads(line)
         except json.JSONDecodeError as error:
             yield MalformedRecord("invalid_json", f"line {number}: {error}")
+        except RecursionError:
+            yield MalformedRecord("nested_too_deeply", f"line {number}")
 
 
 def _stream_json_list(text: str, path: Path) -> Iterator[object]:
@@ -164,6 +166,9 @@ def _stream_json_list(text: str, path: Path) -> Iterator[object]:
             return
         try:
             record, position = decoder.raw_decode(text, position)
+        except RecursionError:  # where this record ends is unknown, so nothing after it can be read
+            raise DataError(f"{path}: record {count + 1} of the JSON list is nested too deeply to parse; "
+                            "remove it (or write the data as JSONL, where such a line is skipped)") from None
         except json.JSONDecodeError as error:
             if count == 0:
                 raise DataError(f"{path} looks like a JSON list but does not parse: {error}") from error
