@@ -477,6 +477,17 @@ class ChatDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return [int(example.input_ids.shape[0]) for example in self.examples]
 
+    def content_digest(self) -> str:
+        """A hash of the tokenized examples (ids and loss masks, in order): what training sees, whatever the
+        file is called or where it lies. ~1 GB/s, so a second for 100M tokens."""
+        digest = hashlib.blake2b(digest_size=16)
+        for example in self.examples:
+            ids = np.ascontiguousarray(example.input_ids, dtype="<i4")
+            digest.update(len(ids).to_bytes(8, "little"))
+            digest.update(ids.tobytes())
+            digest.update(np.packbits(example.loss_mask.astype(bool)).tobytes())
+        return "tokens:" + digest.hexdigest()
+
 
 class ShuffledBatches:
     """Deterministic, resumable batch order: epoch e uses a permutation drawn from (seed, e).
