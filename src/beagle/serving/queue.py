@@ -154,21 +154,24 @@ class GenerationWorker:
                 self._current = job
                 if self._closed:  # taken off the queue while shutdown() drained it
                     job.cancel(shutting_down=True)
+            final: tuple[str, object] = ("error", RuntimeError("the generation worker failed"))
             try:
-                self._run(job)
+                final = self._run(job)
             finally:
+                # The books are kept before the last event goes out: a client that has its reply sees the counts.
                 with self._lock:
                     self._current = None
                     self._pending -= 1
                     self.completed += 1
                 job.finished = True
+                job.emit(*final)
 
-    def _run(self, job: GenerationJob) -> None:
+    def _run(self, job: GenerationJob) -> tuple[str, object]:
+        """Stream ``job``'s text; returns its last event, ("done", stats) or ("error", exception)."""
         if job.cancelled:
             logger.info("skipping a request cancelled while queued")
             self.cancelled += 1
-            job.emit("error", WorkerClosed("the server is shutting down" if job.shutting_down else "cancelled"))
-            return
+            return "error", WorkerClosed("the server is shutting down" if job.shutting_down else "cancelled")
         job.started = time.perf_counter()
         try:
             stream = self.generator.stream(job.prompt_ids, job.settings)
@@ -183,18 +186,15 @@ class GenerationWorker:
             if job.cancelled and stats.stop_reason not in ("eos", "length", "stop_string"):
                 stats.stop_reason = "cancelled"
         except BeagleError as error:
-            job.emit("error", error)
-            return
+            return "error", error
         except Exception as error:  # noqa: BLE001 - reported to the client, the worker keeps running
             logger.exception("generation failed")
-            job.emit("error", error)
-            return
+            return "error", error
         if stats.stop_reason == "cancelled" and job.shutting_down:
             self.cancelled += 1
             logger.info("request stopped by the shutdown after %d tokens", stats.new_tokens)
-            job.emit("error", WorkerClosed(f"the server is shutting down; the reply was cut short after "
-                                           f"{stats.new_tokens} tokens"))
-            return
+            return "error", WorkerClosed(f"the server is shutting down; the reply was cut short after "
+                                         f"{stats.new_tokens} tokens")
         if stats.stop_reason == "cancelled":
             self.cancelled += 1
             logger.info("request cancelled by its client after %d tokens", stats.new_tokens)
@@ -204,4 +204,4 @@ class GenerationWorker:
                 stats.new_tokens, len(job.prompt_ids), stats.target_passes, stats.tau, stats.tokens_per_s,
                 job.queue_wait_s,
             )
-        job.emit("done", stats)
+        return "done", stats
