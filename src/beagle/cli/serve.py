@@ -39,8 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-body-mib", type=float, default=4.0,
                         help="largest request body in MiB; larger ones get 413 (default 4)")
     parser.add_argument("--idle-timeout", type=float, default=15.0,
-                        help="seconds a connection may stay silent before its request (or mid-body, 408) before it "
-                             "is closed (default 15)")
+                        help="close a connection that sends no request for this many seconds, or stalls that long "
+                             "mid-body (answered 408) (default 15)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     parser.set_defaults(func=run)
