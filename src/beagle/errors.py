@@ -15,3 +15,15 @@ class DataError(BeagleError):
 
 class FetchError(BeagleError):
     """A pinned asset could not be fetched or failed its checksum."""
+
+
+class PromptTooLongError(BeagleError):
+    """A prompt has more tokens than the caller allows (``tokens`` is exact, or a lower bound when
+    ``exact`` is False: the rest of the prompt was not tokenized)."""
+
+    def __init__(self, tokens: int, limit: int, exact: bool = True):
+        self.tokens = tokens
+        self.limit = limit
+        self.exact = exact
+        count = f"{tokens} tokens" if exact else f"more than {tokens} tokens"
+        super().__init__(f"the prompt has {count}; at most {limit} fit")

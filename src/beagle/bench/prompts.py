@@ -183,6 +183,8 @@ def load_prompt_file(path) -> list[BenchPrompt]:
             records = list(enumerate(json.loads(stripped), 1))
         except json.JSONDecodeError as error:
             raise DataError(f"{path} is not valid JSON: {error}") from error
+        except RecursionError:
+            raise DataError(f"{path} is nested too deeply to parse") from None
     else:
         records = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -192,6 +194,8 @@ def load_prompt_file(path) -> list[BenchPrompt]:
                 records.append((number, json.loads(line)))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not a JSON object ({error.msg})") from error
+            except RecursionError:
+                raise DataError(f"{path}:{number}: nested too deeply to parse") from None
     return [_file_prompt(record, f"{path}:{number}", index) for index, (number, record) in enumerate(records)]
 
 

@@ -9,7 +9,6 @@ import sys
 from beagle.cli.common import add_draft_args, add_target_args
 from beagle.errors import BeagleError
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def register(subparsers) -> None:
@@ -33,6 +32,15 @@ def register(subparsers) -> None:
                         help="largest max_tokens a request may ask for; also the default (default 2048)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting or running before new ones get 503 (default 64)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also accept requests whose Host header is NAME (repeatable; '*' = any). By default "
+                             "only the bound address is accepted (localhost, 127.0.0.1 and [::1] when bound to "
+                             "loopback), which stops DNS-rebinding web pages")
+    parser.add_argument("--max-body-mib", type=float, default=4.0,
+                        help="largest request body in MiB; larger ones get 413 (default 4)")
+    parser.add_argument("--idle-timeout", type=float, default=15.0,
+                        help="close a connection that sends no request for this many seconds, or stalls that long "
+                             "mid-body (answered 408) (default 15)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default info)")
     parser.set_defaults(func=run)
@@ -53,26 +61,34 @@ def run(args: argparse.Namespace) -> int:
         raise BeagleError(f"--max-tokens-limit must be ≥ 1, got {args.max_tokens_limit}")
     if args.max_queue < 1:
         raise BeagleError(f"--max-queue must be ≥ 1, got {args.max_queue}")
+    if not 0 < args.max_body_mib < 2**20 or args.max_body_mib * 2**20 < 1024:
+        raise BeagleError(f"--max-body-mib must be at least 1 KiB (0.001) and finite, got {args.max_body_mib}")
+    if not 0 < args.idle_timeout <= 86400:
+        raise BeagleError(f"--idle-timeout must be in (0, 86400] seconds, got {args.idle_timeout}")
     _check_port_free(args.host, args.port)
     api_key = args.api_key or os.environ.get("BEAGLE_API_KEY") or None
 
-    import uvicorn
-
     from beagle.cli.common import build_generator
     from beagle.serving.app import create_app
+    from beagle.serving.guard import is_loopback
+    from beagle.serving.server import graceful_server
 
     generator = build_generator(args)
     model_name = args.model_name or default_model_name(args.target)
-    app = create_app(generator, model_name, args.max_tokens_limit, api_key=api_key, max_queue=args.max_queue)
+    max_body_bytes = int(args.max_body_mib * 2**20)
+    app = create_app(generator, model_name, args.max_tokens_limit, api_key=api_key, max_queue=args.max_queue,
+                     host=args.host, allowed_hosts=args.allowed_host, max_body_bytes=max_body_bytes,
+                     body_timeout=args.idle_timeout)
     arch = getattr(getattr(generator.draft, "config", None), "arch", "draft")
     mode = f"{arch} draft {args.draft}" if args.draft else "plain decoding (no --draft)"
     print(f"serving {model_name!r} ({mode}) at http://{_url_host(args.host)}:{args.port}/v1", file=sys.stderr)
     print(f"  context {generator.target.max_length} tokens, max_tokens ≤ {args.max_tokens_limit}, "
-          f"API key {'required' if api_key else 'not required'}", file=sys.stderr)
-    if args.host not in LOOPBACK and not api_key:
+          f"API key {'required' if api_key else 'not required'}, bodies ≤ {args.max_body_mib:g} MiB, "
+          f"queue ≤ {args.max_queue}, idle timeout {args.idle_timeout:g} s", file=sys.stderr)
+    if not is_loopback(args.host) and not api_key:
         print(f"warning: listening on {args.host} without an API key; anyone who can reach this port can use "
               "it (set --api-key or BEAGLE_API_KEY)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    graceful_server(app, args.host, args.port, log_level=args.log_level, idle_timeout=args.idle_timeout).run()
     return 0
 
 

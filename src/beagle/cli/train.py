@@ -55,7 +55,14 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-depth", type=int, default=5, help="draft positions measured each epoch (default 5)")
     parser.add_argument("--regenerate", action="store_true",
                         help="replace assistant turns by the target's own greedy answers (cached)")
-    parser.add_argument("--resume", action="store_true", help="continue from --out/trainer_state.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --out/trainer_state.pt (the settings, data and target must be the saved "
+                             "run's)")
+    parser.add_argument("--resume-anyway", action="store_true",
+                        help="--resume even when the data, settings or target differ from the saved run (warns)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its draft, trainer_state.pt and logs/); without it "
+                             "a non-empty --out is refused unless --resume")
     parser.add_argument("--fsdp", choices=["none", "draft", "target", "both"], default="none",
                         help="under torchrun: shard the draft (weights, gradients, AdamW state), the frozen target's "
                              "layers, or both over the ranks with FSDP2 instead of replicating them (default none)")
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         sim_steps=args.sim_steps, stage2_window=args.stage2_window, ttt_steps=args.ttt_steps,
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
-        regenerate=args.regenerate, resume=args.resume, loss_chunk=args.loss_chunk, seed=args.seed,
+        regenerate=args.regenerate, resume=args.resume, resume_anyway=args.resume_anyway, overwrite=args.overwrite,
+        loss_chunk=args.loss_chunk, seed=args.seed,
         fsdp=args.fsdp, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     ).validate()

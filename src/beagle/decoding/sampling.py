@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from beagle.errors import BeagleError
 
+# Temperatures in (0, MIN_SAMPLING_TEMPERATURE) decode greedily: the limit of sampling as T -> 0 (below
+# ~1e-38, logits / T overflow float32 and no distribution is left to sample from). vLLM uses the same 1e-5.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
 
 @dataclass
 class GenerationSettings:
-    """max_new_tokens ≥ 1; temperature 0 = greedy; top_p in (0, 1]; top_k 0 = off; stop: stop strings."""
+    """max_new_tokens ≥ 1; temperature 0 = greedy (as is any temperature below MIN_SAMPLING_TEMPERATURE);
+    top_p in (0, 1]; top_k 0 = off; seed: a 64-bit integer or None; stop: stop strings."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -23,17 +30,22 @@ class GenerationSettings:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BeagleError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise BeagleError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
+                or self.temperature < 0:
+            raise BeagleError(f"temperature must be a finite number ≥ 0 (0 = greedy), got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise BeagleError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise BeagleError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
+        low, high = SEED_RANGE
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not low <= self.seed <= high):
+            raise BeagleError(f"seed must be a 64-bit integer (from -2**63 to 2**64 - 1), got {self.seed!r}")
         return self
 
 

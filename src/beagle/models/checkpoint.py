@@ -1,22 +1,27 @@
 """Draft checkpoints: ``config.json`` (architecture, dims, target fingerprint) + ``model.safetensors``.
 
-Writes are atomic: files go to a temporary sibling folder that replaces the destination
-with ``os.replace`` only once complete, so a crash mid-save leaves the previous checkpoint intact.
-The shared target embedding / LM head are never stored.
+Writes are atomic: files go to a temporary sibling folder (``.<name>.XXXXXXXX``) that replaces the
+destination with ``os.replace`` only once complete, so a crash mid-save leaves the previous checkpoint
+intact; temporaries a killed save left behind are removed by the next save. The folder and files get
+the modes of newly created ones (umask), not the 0700 / 0600 of temporary files. The shared target
+embedding / LM head are never stored; ``config.json`` records a fingerprint of them, checked on load.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from beagle.errors import BeagleError
+from beagle.files import give_default_mode
 from beagle.models.base import DraftModel, draft_class
 from beagle.models.config import DraftConfig
 
@@ -27,10 +32,10 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def replace_directory(temporary: Path, destination: Path) -> None:
-    """Atomically move a finished folder into place (keeping the old one until the swap)."""
+    """Atomically move a finished folder into place (keeping the old one as ``<name>.old`` until the swap)."""
     destination = Path(destination)
+    backup = destination.with_name(destination.name + ".old")
     if destination.exists():
-        backup = destination.with_name(destination.name + ".old")
         if backup.exists():
             shutil.rmtree(backup)
         os.replace(destination, backup)
@@ -38,6 +43,27 @@ def replace_directory(temporary: Path, destination: Path) -> None:
         shutil.rmtree(backup)
     else:
         os.replace(temporary, destination)
+        if backup.exists():  # a save killed between its two renames
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the ``.<name>.XXXXXXXX`` temporary folders that killed saves of ``directory`` left beside it
+    (only folders holding nothing but checkpoint files). Returns what was removed."""
+    directory = Path(directory)
+    pattern = re.compile(r"\." + re.escape(directory.name) + r"\.[a-z0-9_]{8}")
+    removed = []
+    if not directory.parent.is_dir():
+        return removed
+    for path in directory.parent.iterdir():
+        if not (pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink()):
+            continue
+        if {child.name for child in path.iterdir()} <= {CONFIG_NAME, WEIGHTS_NAME}:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temporary folder(s) of interrupted saves of %s", len(removed), directory)
+    return removed
 
 
 def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: torch.dtype | None = None,
@@ -50,6 +76,7 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
     config = draft.config
     if extra:
         config.training = {**config.training, **extra}
+    remove_stale_temporaries(directory)
     temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         tensors = {
@@ -58,6 +85,8 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
         }
         save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt", "arch": config.arch})
         config.save(temporary / CONFIG_NAME)
+        for path in (temporary / WEIGHTS_NAME, temporary / CONFIG_NAME, temporary):
+            give_default_mode(path)  # safetensors writes 0600, mkdtemp makes 0700
         replace_directory(temporary, directory)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -84,9 +113,19 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     config = DraftConfig.load(directory / CONFIG_NAME)
     if target is not None:
         config.check_target(target.fingerprint())
+        config.check_target_weights(target.weights_fingerprint(), where=f"the draft in {directory}",
+                                    quiet=_is_shipped(directory))
     draft = draft_class(config.arch)(config)
-    state = load_file(str(directory / WEIGHTS_NAME))
-    missing, unexpected = draft.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as error:
+        raise BeagleError(f"cannot read the draft weights {directory / WEIGHTS_NAME}: the file is damaged or "
+                          f"incomplete ({error}); copy the draft again or retrain it") from None
+    try:
+        missing, unexpected = draft.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensor shapes that do not match config.json
+        raise BeagleError(f"draft checkpoint {directory}: the weights do not match its config.json "
+                          f"({str(error).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise BeagleError(
             f"draft checkpoint {directory} does not match a {config.arch} draft "
@@ -100,9 +139,21 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     return draft
 
 
+def _is_shipped(directory: Path) -> bool:
+    """A draft shipped in the repository (drafts/): trained before weight fingerprints were recorded."""
+    from beagle.assets.shipped import DRAFTS_DIR
+
+    try:
+        return Path(directory).resolve().is_relative_to(DRAFTS_DIR.resolve())
+    except OSError:
+        return False
+
+
 def build_draft(target, arch: str) -> DraftModel:
-    """A freshly initialised draft of ``arch`` shaped for ``target`` and bound to it."""
-    config = DraftConfig.from_target(target.config, arch, target.fingerprint())
+    """A freshly initialised draft of ``arch`` shaped for ``target`` and bound to it; its config records the
+    target's shapes and a fingerprint of its embedding / LM-head weights."""
+    fingerprint = {**target.fingerprint(), "weights": target.weights_fingerprint()}
+    config = DraftConfig.from_target(target.config, arch, fingerprint)
     draft = draft_class(arch)(config)
     _init_weights(draft, getattr(target.config, "initializer_range", 0.02))
     return draft.to(device=target.device, dtype=torch.float32).bind_target(target)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from beagle.errors import BeagleError, IncompatibleDraftError
+
+logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("beagle", "eagle2")
 
@@ -16,7 +19,8 @@ class DraftConfig:
     """Shapes of a one-layer draft. Built from a target config with :meth:`from_target`.
 
     arch: "beagle" (cross-attention, the paper's model) or "eagle2" (fc + self-attention baseline).
-    target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers).
+    target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers, and
+    ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target.fingerprint`).
     """
 
     arch: str
@@ -70,11 +74,16 @@ class DraftConfig:
     @classmethod
     def load(cls, path: Path) -> "DraftConfig":
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise BeagleError(f"cannot read draft config {path}: {error}") from error
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+            raise BeagleError(f"cannot read draft config {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise BeagleError(f"draft config {path} is not a JSON object")
         known = {name for name in cls.__dataclass_fields__}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        try:
+            return cls(**{key: value for key, value in data.items() if key in known})
+        except TypeError as error:  # a required field missing
+            raise BeagleError(f"draft config {path} is incomplete ({error}); it is not a Beagle draft") from None
 
     def check_target(self, fingerprint: dict) -> None:
         """Raise IncompatibleDraftError when the target's shapes differ from the ones trained for."""
@@ -90,6 +99,28 @@ class DraftConfig:
                 f"draft trained for target {self.target.get('name')!r} does not fit target "
                 f"{fingerprint.get('name')!r} ({'; '.join(dict.fromkeys(mismatches))}). "
                 "Train a draft for this target with `beagle train`, or pass the matching --target."
+            )
+
+    def check_target_weights(self, weights: dict, where: str = "this draft", quiet: bool = False) -> None:
+        """Raise IncompatibleDraftError when the target's embedding / LM-head fingerprint (``weights``, from
+        :meth:`~beagle.target.model.TargetModel.weights_fingerprint`) is not the one the draft was trained
+        with. Drafts saved before fingerprints were recorded load with a log line (INFO when ``quiet``)."""
+        from beagle.target.fingerprint import same_weights
+
+        recorded = self.target.get("weights")
+        if recorded is None:
+            logger.log(logging.INFO if quiet else logging.WARNING,
+                       "%s records no fingerprint of its target's weights (saved by an older Beagle): only the "
+                       "shapes were checked against the target", where)
+            return
+        verdict = same_weights(recorded, weights)
+        if verdict is None:
+            logger.warning("%s records a target-weights fingerprint this Beagle cannot read; not checked", where)
+        elif not verdict:
+            raise IncompatibleDraftError(
+                f"{where} was trained for a target with other weights: {self.target.get('name')!r} and this target "
+                "have the same shapes but different embedding / LM-head weights (fingerprint mismatch). Pass the "
+                "target it was trained for, or train a draft for this target with `beagle train`."
             )
 
 

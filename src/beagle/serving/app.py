@@ -15,26 +15,37 @@ and ``ignore_eos``. Requests are served one at a time, in order, by a worker thr
 
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: 400 for requests
 that cannot be served (n > 1, prompt longer than the context, max_tokens over the server's cap,
-malformed JSON), 401 for a missing / wrong API key, 404 for an unknown model or path, 422 for
-unknown fields and wrong types, 503 when the queue is full.
+malformed JSON, a seed outside 64 bits, a Host header the server does not answer to), 401 for a
+missing / wrong API key (on every path, unknown ones included), 404 for an unknown model or path,
+408 for a body that stalls, 413 for a body over ``max_body_bytes``, 415 for a body that is not
+``application/json``, 422 for unknown fields and wrong types, 503 when the queue is full or the
+server is shutting down. The checks before the endpoints are :mod:`beagle.serving.guard`'s.
+
+Work on the event loop stays small: bodies are bounded, and parsing and tokenizing run on one
+helper thread, so a large prompt never stalls ``/health`` or a stream. The cheap checks (model,
+n, max_tokens) come first; a prompt far longer than the context is refused after tokenizing a
+prefix of it (:meth:`~beagle.target.model.TargetModel.encode`). A temperature below 1e-5 decodes
+greedily (``beagle.decoding.sampling.MIN_SAMPLING_TEMPERATURE``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from beagle.errors import BeagleError
+from beagle.errors import BeagleError, PromptTooLongError
+from beagle.serving.guard import HostPolicy, RequestGuard
 from beagle.serving.queue import GenerationJob, GenerationWorker, QueueFull, WorkerClosed
 from beagle.serving.schemas import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_body
 
@@ -43,20 +54,29 @@ logger = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.2  # how often a waiting request checks whether its client is still there
 MAX_STOP_STRINGS = 16
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "length": "length"}
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # ~1M tokens of English as a JSON string: far beyond any context
+DEFAULT_BODY_TIMEOUT_S = 15.0
 
 
 def create_app(generator, model_name: str, max_tokens_limit: int, api_key: str | None = None, *,
-               max_queue: int = 64) -> FastAPI:
+               max_queue: int = 64, host: str = "127.0.0.1", allowed_hosts: tuple[str, ...] | list[str] = (),
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_timeout: float = DEFAULT_BODY_TIMEOUT_S) -> FastAPI:
     """Build the ASGI app serving ``generator`` as model ``model_name``.
 
     max_tokens_limit caps max_tokens per request (also the default when a request omits it,
     within the context); api_key, when set, is required as ``Authorization: Bearer <key>``
     on every request; max_queue bounds the requests waiting or running (503 beyond).
+    host: the address the server binds (its Host header policy, see :mod:`beagle.serving.guard`),
+    widened by allowed_hosts ('*' = any); max_body_bytes bounds request bodies (413);
+    body_timeout: seconds a request body may stall (408).
     """
     if max_tokens_limit < 1:
         raise BeagleError(f"max_tokens_limit must be ≥ 1, got {max_tokens_limit}")
+    if max_body_bytes < 1:
+        raise BeagleError(f"max_body_bytes must be ≥ 1, got {max_body_bytes}")
     worker = GenerationWorker(generator, max_pending=max_queue)
-    server = _Server(generator, worker, model_name, max_tokens_limit)
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="beagle-tokenize")
+    server = _Server(generator, worker, model_name, max_tokens_limit, helper)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -65,10 +85,11 @@ def create_app(generator, model_name: str, max_tokens_limit: int, api_key: str |
             yield
         finally:
             await asyncio.to_thread(worker.close)
+            helper.shutdown(wait=False, cancel_futures=True)
 
-    dependencies = [Depends(_api_key_check(api_key))] if api_key else []
-    app = FastAPI(title="Beagle", lifespan=lifespan, dependencies=dependencies,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Beagle", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuard, api_key=api_key or None, hosts=HostPolicy.for_bind(host, tuple(allowed_hosts)),
+                       max_body_bytes=max_body_bytes, body_timeout=body_timeout)
     app.state.worker = worker
     app.state.generator = generator
     app.state.model_name = model_name
@@ -89,25 +110,32 @@ def create_app(generator, model_name: str, max_tokens_limit: int, api_key: str |
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = parse_body(await request.body(), ChatCompletionRequest)
+        body = await server.off_loop(parse_body, await request.body(), ChatCompletionRequest)
         return await server.chat(request, body)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = parse_body(await request.body(), CompletionRequest)
+        body = await server.off_loop(parse_body, await request.body(), CompletionRequest)
         return await server.complete(request, body)
 
     return app
 
 
 class _Server:
-    def __init__(self, generator, worker: GenerationWorker, model_name: str, max_tokens_limit: int):
+    def __init__(self, generator, worker: GenerationWorker, model_name: str, max_tokens_limit: int,
+                 helper: ThreadPoolExecutor):
         self.generator = generator
         self.target = generator.target
         self.worker = worker
         self.model_name = model_name
         self.max_tokens_limit = max_tokens_limit
+        self.helper = helper  # one thread: parsing and tokenizing, off the event loop, one request at a time
         self.created = int(time.time())
+
+    async def off_loop(self, function, *args, **kwargs):
+        """Run ``function`` on the helper thread (the event loop keeps serving other requests meanwhile)."""
+        return await asyncio.get_running_loop().run_in_executor(self.helper, functools.partial(function, *args,
+                                                                                               **kwargs))
 
     # ------------------------------------------------------------------ info
     def model_card(self) -> dict:
@@ -126,27 +154,29 @@ class _Server:
 
     # --------------------------------------------------------------- requests
     async def chat(self, request: Request, body: ChatCompletionRequest):
-        self._check_common(body)
-        if body.logprobs:
-            raise ApiError(400, "logprobs are not supported", param="logprobs")
         if body.max_tokens is not None and body.max_completion_tokens is not None \
                 and body.max_tokens != body.max_completion_tokens:
             raise ApiError(400, "max_tokens and max_completion_tokens differ; send one of them", param="max_tokens")
+        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        self._check_common(body, requested)
+        if body.logprobs:
+            raise ApiError(400, "logprobs are not supported", param="logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         try:
-            prompt_ids = self.target.encode_chat(messages)
+            prompt_ids = await self.off_loop(self.target.encode_chat, messages, limit=self.target.max_length - 1)
+        except PromptTooLongError as error:
+            raise self._too_long(error, "messages") from None
         except BeagleError as error:
             raise ApiError(400, str(error), param="messages") from None
         except Exception as error:  # noqa: BLE001 - jinja errors of the model's chat template
             raise ApiError(400, f"cannot apply the model's chat template to these messages: {error}",
                            param="messages") from None
-        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         settings = self._settings(body, prompt_ids, requested, "messages")
         return await self._respond(request, "chat", body, prompt_ids, settings)
 
     async def complete(self, request: Request, body: CompletionRequest):
-        self._check_common(body)
+        self._check_common(body, body.max_tokens)
         if body.logprobs:
             raise ApiError(400, "logprobs are not supported", param="logprobs")
         if body.echo:
@@ -157,7 +187,13 @@ class _Server:
                 raise ApiError(400, f"one prompt per request is supported, got {len(prompt)}", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
-            prompt_ids = self.target.encode(prompt) if prompt else []
+            try:
+                prompt_ids = await self.off_loop(self.target.encode, prompt, limit=self.target.max_length - 1) \
+                    if prompt else []
+            except PromptTooLongError as error:
+                raise self._too_long(error, "prompt") from None
+            except BeagleError as error:
+                raise ApiError(400, str(error), param="prompt") from None
         else:
             prompt_ids = list(prompt)
             vocab = self.target.vocab_size
@@ -166,8 +202,17 @@ class _Server:
         settings = self._settings(body, prompt_ids, body.max_tokens, "prompt")
         return await self._respond(request, "completion", body, prompt_ids, settings)
 
-    def _check_common(self, body) -> None:
+    def _too_long(self, error: PromptTooLongError, param: str) -> ApiError:
+        count = f"{error.tokens} tokens" if error.exact else f"more than {error.tokens} tokens"
+        return ApiError(400, f"the prompt is {count} but this model's context is {self.target.max_length} tokens "
+                             "(prompt + completion); shorten the prompt", param=param, code="context_length_exceeded")
+
+    def _check_common(self, body, requested: int | None) -> None:
+        """The checks that need no tokenizing, done before it."""
         self.check_model(body.model)
+        if requested is not None and requested > self.max_tokens_limit:
+            raise ApiError(400, f"max_tokens={requested} exceeds this server's limit of {self.max_tokens_limit}",
+                           param="max_tokens")
         if body.n is not None and body.n != 1:
             raise ApiError(400, f"only n=1 is supported, got n={body.n}", param="n")
         for name in ("frequency_penalty", "presence_penalty"):
@@ -367,25 +412,12 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _api_key_check(api_key: str):
-    expected = api_key.encode()
-
-    async def check(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if not header:
-            raise ApiError(401, "missing API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected):
-            raise ApiError(401, "incorrect API key", code="invalid_api_key")
-
-    return check
-
-
 def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        if error.status in (408, 413):  # raised while the body was still arriving: the connection is spent
+            headers = {"Connection": "close"}
         if error.status >= 500:
             logger.error("%s %s: %s", request.method, request.url.path, error.message)
         return JSONResponse(error.body(), status_code=error.status, headers=headers)

@@ -5,6 +5,8 @@ thread-safe, so every request becomes a :class:`GenerationJob` that waits in lin
 streams the job's text into an ``asyncio.Queue`` owned by the request's event loop and checks
 the job's cancel flag after every accepted chunk, so a client that goes away frees the
 generator within one target pass; a job cancelled while still waiting is skipped.
+:meth:`GenerationWorker.shutdown` stops the running job the same way (its client gets a
+"shutting down" error rather than a reply cut short without a word) and fails the queued ones.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ class GenerationJob:
         self.loop = loop
         self.events: asyncio.Queue = asyncio.Queue()
         self._cancel = threading.Event()
+        self.shutting_down = False  # cancelled because the server stops (not by its client)
         self.submitted = time.perf_counter()
         self.started: float | None = None
         self.finished = False
 
-    def cancel(self) -> None:
+    def cancel(self, shutting_down: bool = False) -> None:
         """Ask the worker to stop this job (at the next accepted chunk, or before it starts)."""
+        if shutting_down:
+            self.shutting_down = True
         self._cancel.set()
 
     @property
@@ -112,13 +117,15 @@ class GenerationWorker:
             return {"running": int(running), "waiting": self._pending - int(running), "completed": self.completed,
                     "cancelled": self.cancelled}
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel what is queued or running and stop the thread."""
+    def shutdown(self) -> None:
+        """Refuse new jobs, stop the running one at its next chunk and fail the queued ones ("shutting down").
+        Returns at once; :meth:`close` also stops the thread."""
         with self._lock:
             self._closed = True
             current = self._current
         if current is not None:
-            current.cancel()
+            logger.info("shutting down: stopping the running generation")
+            current.cancel(shutting_down=True)
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -129,6 +136,10 @@ class GenerationWorker:
                 job.emit("error", WorkerClosed("the server is shutting down"))
                 with self._lock:
                     self._pending -= 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        """:meth:`shutdown`, then stop the thread (waiting up to ``timeout`` seconds for it)."""
+        self.shutdown()
         self._jobs.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -141,21 +152,26 @@ class GenerationWorker:
                 return
             with self._lock:
                 self._current = job
+                if self._closed:  # taken off the queue while shutdown() drained it
+                    job.cancel(shutting_down=True)
+            final: tuple[str, object] = ("error", RuntimeError("the generation worker failed"))
             try:
-                self._run(job)
+                final = self._run(job)
             finally:
+                # The books are kept before the last event goes out: a client that has its reply sees the counts.
                 with self._lock:
                     self._current = None
                     self._pending -= 1
                     self.completed += 1
                 job.finished = True
+                job.emit(*final)
 
-    def _run(self, job: GenerationJob) -> None:
+    def _run(self, job: GenerationJob) -> tuple[str, object]:
+        """Stream ``job``'s text; returns its last event, ("done", stats) or ("error", exception)."""
         if job.cancelled:
             logger.info("skipping a request cancelled while queued")
             self.cancelled += 1
-            job.emit("error", WorkerClosed("cancelled"))
-            return
+            return "error", WorkerClosed("the server is shutting down" if job.shutting_down else "cancelled")
         job.started = time.perf_counter()
         try:
             stream = self.generator.stream(job.prompt_ids, job.settings)
@@ -170,12 +186,15 @@ class GenerationWorker:
             if job.cancelled and stats.stop_reason not in ("eos", "length", "stop_string"):
                 stats.stop_reason = "cancelled"
         except BeagleError as error:
-            job.emit("error", error)
-            return
+            return "error", error
         except Exception as error:  # noqa: BLE001 - reported to the client, the worker keeps running
             logger.exception("generation failed")
-            job.emit("error", error)
-            return
+            return "error", error
+        if stats.stop_reason == "cancelled" and job.shutting_down:
+            self.cancelled += 1
+            logger.info("request stopped by the shutdown after %d tokens", stats.new_tokens)
+            return "error", WorkerClosed(f"the server is shutting down; the reply was cut short after "
+                                         f"{stats.new_tokens} tokens")
         if stats.stop_reason == "cancelled":
             self.cancelled += 1
             logger.info("request cancelled by its client after %d tokens", stats.new_tokens)
@@ -185,4 +204,4 @@ class GenerationWorker:
                 stats.new_tokens, len(job.prompt_ids), stats.target_passes, stats.tau, stats.tokens_per_s,
                 job.queue_wait_s,
             )
-        job.emit("done", stats)
+        return "done", stats

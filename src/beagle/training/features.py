@@ -12,12 +12,15 @@ Shard layout (``shard-00000.safetensors``, ``shard_size`` sequences each, ragged
     loss_mask [tokens] uint8    1 = assistant token
     states    [tokens, d]       bf16 by default
 
-``manifest.json`` records the target fingerprint, sizes and dtype. Shards are written atomically
-(temporary file + rename) and completed shards are skipped, so an interrupted datagen resumes.
+``manifest.json`` records the target fingerprint (shapes, and ``target_weights``: a fingerprint of the
+embedding / LM head), sizes and dtype. Shards are written atomically (``.shard-*.safetensors.tmp`` +
+rename, with the mode of a newly created file) and completed shards are skipped, so an interrupted
+datagen resumes; temporaries a killed run left behind are removed when the next one starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from beagle.errors import DataError
+from beagle.files import give_default_mode, remove_stale
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ MANIFEST = "manifest.json"
 FORMAT = "beagle-features"
 VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+STALE_TEMPORARIES = (".shard-*.safetensors.tmp", f".{MANIFEST}.tmp")  # left by a killed datagen
 
 
 @torch.no_grad()
@@ -87,11 +92,13 @@ def generate_features(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir, STALE_TEMPORARIES)
     lengths = dataset.lengths
     manifest = {
         "format": FORMAT,
         "version": VERSION,
         "target": target.fingerprint(),
+        "target_weights": target.weights_fingerprint(),
         "hidden_size": int(target.hidden_size),
         "states_dtype": _dtype_name(states_dtype),
         "shard_size": int(shard_size),
@@ -145,6 +152,7 @@ def _write_shard(target, dataset, indices: list[int], path: Path, batch_tokens: 
     }
     temporary = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(temporary), metadata={"format": FORMAT, "records": str(len(items))})
+    give_default_mode(temporary)  # safetensors writes 0600
     os.replace(temporary, path)
 
 
@@ -159,9 +167,11 @@ def _shard_ok(path: Path, records: int) -> bool:
 def _write_or_check_manifest(out_dir: Path, manifest: dict) -> None:
     path = out_dir / MANIFEST
     if path.is_file():
-        existing = json.loads(path.read_text())
+        existing = _read_manifest(path)
         keys = ("target", "hidden_size", "states_dtype", "shard_size", "num_records", "num_tokens")
         different = [key for key in keys if existing.get(key) != manifest[key]]
+        if _other_weights(existing.get("target_weights"), manifest["target_weights"]):
+            different.append("the target's weights")
         if different:
             raise DataError(
                 f"{out_dir} holds features of a different run (differs in {', '.join(different)}); "
@@ -171,6 +181,26 @@ def _write_or_check_manifest(out_dir: Path, manifest: dict) -> None:
     temporary = path.with_name(f".{MANIFEST}.tmp")
     temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise DataError(f"cannot read {path} ({error}); the features folder is damaged: rerun "
+                        "`beagle datagen` into a new --out folder") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path} is not a `beagle datagen` manifest")
+    return manifest
+
+
+def _other_weights(recorded: dict | None, current: dict | None) -> bool:
+    """True when both weight fingerprints are known and differ (older manifests have none)."""
+    from beagle.target.fingerprint import same_weights
+
+    if recorded is None or current is None:
+        return False
+    return same_weights(recorded, current) is False
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -190,7 +220,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         if not path.is_file():
             raise DataError(f"{self.directory} is not a features folder (no {MANIFEST}); "
                             "create it with `beagle datagen`")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = _read_manifest(path)
         missing = [shard_name(k) for k in range(self.manifest["num_shards"])
                    if not (self.directory / shard_name(k)).is_file()]
         if missing:
@@ -209,11 +239,14 @@ class FeatureDataset(torch.utils.data.Dataset):
             self._handles[shard] = safe_open(str(self.directory / shard_name(shard)), framework="pt")
         return self._handles[shard]
 
-    def check_target(self, fingerprint: dict) -> None:
-        """Raise DataError when the features were computed by a differently shaped target."""
+    def check_target(self, fingerprint: dict, weights: dict | None = None) -> None:
+        """Raise DataError when the features were computed by a differently shaped target, or (``weights``:
+        the target's :meth:`~beagle.target.model.TargetModel.weights_fingerprint`) one with other weights."""
         stored = self.manifest["target"]
         different = [key for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
                      if stored.get(key) != fingerprint.get(key)]
+        if _other_weights(self.manifest.get("target_weights"), weights):
+            different.append("its embedding / LM-head weights")
         if different:
             raise DataError(
                 f"features in {self.directory} come from target {stored.get('name')!r}, which differs from "
@@ -222,6 +255,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         if stored.get("name") != fingerprint.get("name"):
             logger.warning("features were generated by %r, training with %r (same shapes)", stored.get("name"),
                            fingerprint.get("name"))
+
+    def content_digest(self) -> str:
+        """A hash of what training reads: the manifest's sizes and the shards' token ids, masks and offsets
+        (not the states: they follow from the ids and the target, which is fingerprinted separately)."""
+        digest = hashlib.blake2b(digest_size=16)
+        sizes = {key: self.manifest.get(key) for key in ("states_dtype", "shard_size", "num_records", "num_tokens")}
+        digest.update(json.dumps(sizes, sort_keys=True).encode())
+        for shard in range(self.manifest["num_shards"]):
+            handle = self._handle(shard)
+            for name in ("offsets", "input_ids", "loss_mask"):
+                digest.update(handle.get_tensor(name).numpy().tobytes())
+        return "features:" + digest.hexdigest()
 
     def __len__(self) -> int:
         return len(self._lengths)

@@ -14,6 +14,12 @@ Randomness that touches training (noise, window offsets) is drawn per sequence f
 on resuming. After each epoch: held-out evaluation (simulated acceptance, τ) and an atomic checkpoint:
 ``out/config.json`` + ``out/model.safetensors`` (the draft) and ``out/trainer_state.pt``.
 
+The output folder is guarded (:func:`prepare_output_folder`): a run never writes over another one
+unless told (``resume`` continues it, ``overwrite`` replaces it), temporaries of a killed run are
+removed at the start, and ``resume`` checks that the settings, the data (a digest of the tokenized
+examples or feature shards) and the target (shapes + weight fingerprint) are the saved run's
+(``resume_anyway`` continues regardless, with a warning).
+
 Data parallel: launched by ``torchrun`` (RANK / WORLD_SIZE set), every rank holds the draft and a
 replica of the target and processes its share of each global batch; gradients are summed with one
 all_reduce per step (not ``DistributedDataParallel``: the stage-2 objective backpropagates once per
@@ -28,6 +34,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +43,7 @@ import numpy as np
 import torch
 
 from beagle.errors import BeagleError
+from beagle.files import remove_stale
 from beagle.training.distributed import (
     Distributed,
     check_fsdp_mode,
@@ -53,6 +61,17 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
 STATE_VERSION = 2  # 2: optimizer state keyed by parameter name (any --fsdp mode); 1 still loads
+LOGS_NAME = "logs"
+# Left in --out by a run killed mid-save: the draft's staging folder (and save_draft's temporaries and
+# backup of it), the trainer state's temporary file. Removed when the next run starts.
+STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp")
+# TrainConfig fields a resumed run may change: how long it runs, how it is laid out on the hardware, what
+# it logs, and the paths (the data and the target are compared by content instead).
+RESUME_MAY_CHANGE = frozenset({
+    "target", "data", "features", "out", "max_steps", "epochs_stage2", "resume", "resume_anyway", "overwrite",
+    "fsdp", "micro_batch_size", "device", "dtype", "tensorboard", "progress", "log_every", "loss_chunk",
+    "regenerate_batch_size",
+})
 
 
 @dataclass
@@ -93,6 +112,8 @@ class TrainConfig:
     regenerate_max_new_tokens: int = 1024
     regenerate_batch_size: int = 16
     resume: bool = False
+    resume_anyway: bool = False  # resume even when the data, settings or target differ from the saved run
+    overwrite: bool = False  # replace the run already in `out` (its draft, trainer state and logs)
     fsdp: str = "none"  # none | draft | target | both (see beagle.training.distributed)
     device: str | None = None
     dtype: str = "auto"  # target dtype (auto: bf16 on CUDA, fp32 on CPU); the draft trains in fp32 (TF32)
@@ -105,6 +126,13 @@ class TrainConfig:
         return self.epochs_stage1 + self.epochs_stage2
 
     def validate(self) -> "TrainConfig":
+        from beagle.target.model import check_device
+
+        if self.resume_anyway:
+            self.resume = True
+        if self.resume and self.overwrite:
+            raise BeagleError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+        check_device(self.device)
         if self.arch not in ("beagle", "eagle2"):
             raise BeagleError(f"unknown --arch {self.arch!r}; choose beagle or eagle2")
         if (self.data is None) == (self.features is None):
@@ -207,6 +235,54 @@ def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:
     staging.rmdir()
 
 
+def prepare_output_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for a run (main rank): remove what a killed run left, then refuse to write over
+    a folder holding files unless ``resume`` (continue the run there) or ``overwrite`` (replace it)."""
+    from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BeagleError(f"--out {out} is a file; pass a folder")
+    remove_stale(out, STALE_TEMPORARIES)
+    entries = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    if overwrite:
+        removed = []
+        for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, LOGS_NAME):
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+            removed.append(name)
+        if removed:
+            logger.warning("--overwrite: removed the previous run in %s (%s)", out, ", ".join(removed))
+        return
+    if resume:
+        if (out / STATE_NAME).is_file() or not ((out / CONFIG_NAME).exists() or (out / WEIGHTS_NAME).exists()):
+            return  # maybe_resume continues the run (or starts one, with a warning, where none was saved)
+        raise BeagleError(f"cannot --resume in {out}: it holds a draft but no {STATE_NAME} to continue from; pass "
+                          "--overwrite instead of --resume to train afresh there (replacing that draft), or choose "
+                          "another --out")
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise BeagleError(f"--out {out} is not empty ({shown}); pass --resume to continue the run saved there, "
+                      "--overwrite to replace it, or choose another --out")
+
+
+def _first_sentence(error: BaseException) -> str:
+    lines = str(error).strip().splitlines() or [""]
+    return lines[0].split(". ")[0][:200]
+
+
+def _same_setting(saved, current) -> bool:
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        return list(saved) == list(current)
+    return saved == current
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -216,7 +292,7 @@ def _load_dataset(config: TrainConfig, target, dist: Distributed):
 
     if config.features is not None:
         dataset = FeatureDataset(config.features)
-        dataset.check_target(target.fingerprint())
+        dataset.check_target(target.fingerprint(), target.weights_fingerprint())
         return dataset
     regenerate = None
     if config.regenerate:
@@ -279,6 +355,9 @@ class Trainer:
         self.mesh = device_mesh(self.dist, self.device) if config.fsdp != "none" else None
         if config.batch_size % self.dist.world_size:
             raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
+        self.out = Path(config.out)
+        if self.dist.is_main:  # before the (slow) loading: a folder holding another run is refused at once
+            prepare_output_folder(self.out, config.resume, config.overwrite)
         self.rank_batch = config.batch_size // self.dist.world_size
         self.micro_batch = min(config.micro_batch_size or self.rank_batch, self.rank_batch)
         if self.device.type == "cuda":
@@ -296,8 +375,8 @@ class Trainer:
             load_on = "cpu" if config.shards_target else str(self.device)
             target = load_target(config.target, dtype=resolve_dtype(config.dtype, self.device), device=load_on)
         self.target = target
-        self.out = Path(config.out)
         self.dataset = _load_dataset(config, target, self.dist)
+        self._data_digest: str | None = None
         if config.shards_target:
             shard_target(target, self.mesh, self.device)
         self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
@@ -333,6 +412,16 @@ class Trainer:
     def num_parameters(self) -> int:
         return self.draft.num_parameters()
 
+    @property
+    def data_digest(self) -> str | None:
+        """The dataset's content digest (computed once), recorded in the trainer state and checked on resume."""
+        if self._data_digest is None and hasattr(self.dataset, "content_digest"):
+            self._data_digest = self.dataset.content_digest()
+        return self._data_digest
+
+    def target_record(self) -> dict:
+        return {**self.target.fingerprint(), "weights": self.target.weights_fingerprint()}
+
     def maybe_resume(self) -> None:
         path = self.out / STATE_NAME
         if not self.config.resume:
@@ -340,23 +429,62 @@ class Trainer:
         if not path.is_file():
             logger.warning("--resume: no %s in %s; starting from scratch", STATE_NAME, self.out)
             return
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved = state.get("config", {})
-        for key in ("arch", "batch_size", "seed", "window", "sim_steps", "stage2_window", "ttt_steps"):
-            if key in saved and saved[key] != getattr(self.config, key):
-                raise BeagleError(f"cannot resume: {key} was {saved[key]!r}, now {getattr(self.config, key)!r}")
-        if state.get("version", 1) >= 2:
-            load_full_state(self.draft, self.optimizer, state["model"], state["optimizer"])
-        elif self.config.shards_draft:
-            raise BeagleError(f"{path} was written by an older Beagle; resume it without --fsdp draft")
-        else:
-            self.draft.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(**state["progress"])
-        _set_rng_state(state["rng"])
+        damaged = (f"cannot resume: {path} is damaged or incomplete ({{}}); restore it, or pass --overwrite "
+                   "instead of --resume to start the run afresh")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle, ...: all mean a damaged file
+            raise BeagleError(damaged.format(f"{type(error).__name__}: {_first_sentence(error)}")) from None
+        if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "progress", "rng"} <= set(state):
+            raise BeagleError(damaged.format("not a Beagle trainer state"))
+        self._check_resumable(state)
+        try:
+            if state.get("version", 1) >= 2:
+                load_full_state(self.draft, self.optimizer, state["model"], state["optimizer"])
+            elif self.config.shards_draft:
+                raise BeagleError(f"{path} was written by an older Beagle; resume it without --fsdp draft")
+            else:
+                self.draft.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.progress = Progress(**state["progress"])
+            _set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise BeagleError(damaged.format(f"{type(error).__name__}: {_first_sentence(error)}")) from None
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                     self.progress.epoch, self.progress.position)
+
+    def _check_resumable(self, state: dict) -> None:
+        """Refuse to resume a run whose settings, data or target differ from the saved ones (``resume_anyway``:
+        warn and continue; the architecture must match in any case)."""
+        from beagle.target.fingerprint import same_weights
+
+        saved = state.get("config") or {}
+        current = asdict(self.config)
+        if "arch" in saved and saved["arch"] != current["arch"]:
+            raise BeagleError(f"cannot resume: the saved run in {self.out} trains an {saved['arch']} draft, not "
+                              f"{current['arch']}; pass --arch {saved['arch']}, or --overwrite to start afresh")
+        differences = [f"{key} was {saved[key]!r}, now {current[key]!r}" for key in current
+                       if key not in RESUME_MAY_CHANGE and key in saved and not _same_setting(saved[key], current[key])]
+        if state.get("data_digest") is None:
+            logger.warning("%s records no digest of its data (saved by an older Beagle): the data was not checked",
+                           self.out / STATE_NAME)
+        elif self.data_digest is not None and state["data_digest"] != self.data_digest:
+            differences.append("the training data differ (another file, other contents or another --max-length)")
+        recorded, now = state.get("target") or {}, self.target_record()
+        shapes = [key for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
+                  if key in recorded and recorded[key] != now[key]]
+        if shapes or (recorded.get("weights") and same_weights(recorded["weights"], now["weights"]) is False):
+            differences.append(f"the target differs (saved {recorded.get('name')!r}, now {now['name']!r}"
+                               + (f": {', '.join(shapes)}" if shapes else ": other weights") + ")")
+        if not differences:
+            return
+        listing = "; ".join(differences)
+        if self.config.resume_anyway:
+            logger.warning("--resume-anyway: continuing the run in %s although %s", self.out, listing)
+            return
+        raise BeagleError(f"cannot resume the run in {self.out}: {listing}. Rerun with the saved settings and data, "
+                          "pass --resume-anyway to continue regardless, or --overwrite to start afresh")
 
     # ------------------------------------------------------------------ steps
     def objective(self, epoch: int):
@@ -475,6 +603,8 @@ class Trainer:
             "progress": asdict(self.progress),
             "rng": _rng_state(),
             "config": asdict(config),
+            "data_digest": self.data_digest,
+            "target": self.target_record(),
         }
         _atomic_torch_save(state, self.out / STATE_NAME)
         logger.info("checkpoint at step %d written to %s", self.progress.step, self.out)
