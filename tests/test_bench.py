@@ -71,8 +71,14 @@ def test_run_benchmark_all_methods(tiny, tmp_path):
     settings = GenerationSettings(max_new_tokens=16, temperature=0.0, seed=0)
     results = run_benchmark(target, drafts, PROMPTS, settings, out_dir=tmp_path, tree=TREE,
                             warmup_tokens=4, progress=False, command="pytest")
-    names = ["ar", "hf", "hf-pld", "beagle", "beagle-noconcat", "eagle"]
+    names = ["ar", "hf", "hf-static", "hf-pld", "beagle", "beagle-noconcat", "eagle"]
     assert list(results["summary"]) == names
+    plain = {name: results["summary"][name]["tokens_per_s"] for name in ("ar", "hf", "hf-static", "hf-pld")}
+    best = max(plain, key=plain.get)
+    for metrics in results["summary"].values():  # every speed claim against the run's fastest plain method
+        assert metrics["best_plain"] == best
+        assert metrics["speedup_vs_best_plain"] == pytest.approx(metrics["tokens_per_s"] / plain[best])
+    assert results["summary"]["hf-static"]["exact_match"] == 1.0  # HF's static cache decodes as we do (fp32)
     for name in ("results.json", "results.md", "acceptance_by_depth.png", "speedup_by_category.png",
                  "accept_length_histogram.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -82,7 +88,8 @@ def test_run_benchmark_all_methods(tiny, tmp_path):
     assert saved["command"] == "pytest"
     assert saved["environment"]["cudnn_sdp"] is False
     markdown = (tmp_path / "results.md").read_text()
-    assert "| method | tokens/s | speedup vs AR | speedup vs HF | τ | exact match | peak mem |" in markdown
+    assert (f"| method | tokens/s | vs best plain ({best}) | speedup vs AR | speedup vs HF | τ | exact match | "
+            "peak mem |") in markdown
     assert all(f"| {name} |" in markdown for name in names)
 
     # 3 prompts, one of them two turns -> 4 timed turns, interleaved in a rotating order.
@@ -178,7 +185,9 @@ def test_cudnn_sdp_backend_is_restored():
 
 def test_resolve_methods(tiny):
     _, drafts = tiny
-    assert [m.name for m in resolve_methods(None, drafts)] == ["ar", "hf", "hf-pld", "beagle", "beagle-noconcat", "eagle"]
+    assert [m.name for m in resolve_methods(None, drafts)] == ["ar", "hf", "hf-static", "hf-pld", "beagle",
+                                                                "beagle-noconcat", "eagle"]
+    assert [m.kind for m in resolve_methods("ar-eager,hf-static", drafts)] == ["ar-eager", "hf-static"]
     assert [m.name for m in resolve_methods("ar,drafts", drafts, noconcat=False)] == ["ar", "beagle", "eagle"]
     assert [m.concat for m in resolve_methods(["beagle-noconcat"], drafts)] == [False]
     with pytest.raises(BeagleError):

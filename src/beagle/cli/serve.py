@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from beagle.serving.server import graceful_server
 
     generator = build_generator(args)
+    if generator.fast:
+        warm_up_fast_path(generator, args.max_tokens_limit)
     model_name = args.model_name or default_model_name(args.target)
     max_body_bytes = int(args.max_body_mib * 2**20)
     app = create_app(generator, model_name, args.max_tokens_limit, api_key=api_key, max_queue=args.max_queue,
@@ -90,6 +92,18 @@ def run(args: argparse.Namespace) -> int:
               "it (set --api-key or BEAGLE_API_KEY)", file=sys.stderr)
     graceful_server(app, args.host, args.port, log_level=args.log_level, idle_timeout=args.idle_timeout).run()
     return 0
+
+
+def warm_up_fast_path(generator, max_tokens: int) -> None:
+    """Before the port opens: size the fast path's caches for the longest request (prompt + max_tokens up to
+    the context) and pay compilation and greedy graph capture once, so no request waits for them."""
+    longest_prompt = max(1, generator.target.max_length - max_tokens)
+    generator.reserve(min(longest_prompt, 4096), max_tokens)
+    print("warming up the fast path (compilation and CUDA-graph capture, once per process) ...", file=sys.stderr)
+    from beagle.decoding.sampling import GenerationSettings
+
+    generator.generate([0], GenerationSettings(max_new_tokens=4, ignore_eos=True))
+    print(f"  ready after {generator.warmup_seconds:.1f} s", file=sys.stderr)
 
 
 def _url_host(host: str) -> str:

@@ -34,6 +34,8 @@ from beagle.target.fixed_passes import FixedShapeTarget
 
 logger = logging.getLogger(__name__)
 
+MAX_CAPTURED_SETTINGS = 8  # sampling settings whose phase graphs are kept (each capture takes well under a second)
+
 
 def choose_on_device(logits: torch.Tensor, settings: GenerationSettings, uniforms: torch.Tensor | None) -> torch.Tensor:
     """The target's choice per row without host reads: argmax, or inverse-CDF sampling of
@@ -242,9 +244,12 @@ class FastState:
 
     def _graphs(self, settings: GenerationSettings, phases) -> dict[str, torch.cuda.CUDAGraph]:
         key = (phases, settings.greedy, settings.temperature, settings.top_k, settings.top_p)
-        graphs = self._captured.get(key)
+        graphs = self._captured.pop(key, None)
         if graphs is None:
-            graphs = self._captured[key] = self._capture(settings, phases)
+            if len(self._captured) >= MAX_CAPTURED_SETTINGS:  # a server seeing many temperatures: drop the oldest
+                self._captured.pop(next(iter(self._captured)))
+            graphs = self._capture(settings, phases)
+        self._captured[key] = graphs  # most recently used last
         return graphs
 
     def _capture(self, settings, phases) -> dict[str, torch.cuda.CUDAGraph]:

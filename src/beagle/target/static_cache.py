@@ -16,8 +16,6 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from beagle.target.cache import move_entries
-
 
 class _StaticLayer(CacheLayerMixin):
     is_compileable = True
@@ -74,11 +72,3 @@ class StaticKVCache(Cache):
         self.length = 0
         self.write_positions = torch.zeros(1, dtype=torch.long, device=device)
         super().__init__(layers=[_StaticLayer(self) for _ in range(num_layers)])
-
-    def keep(self, start: int, keep: torch.Tensor) -> None:
-        """Keep, after the first ``start`` entries, only entries ``start + keep`` (ascending), moved to be
-        contiguous; the sequence is then ``start + len(keep)`` long. keep: [A] long on the cache device."""
-        for layer in self.layers:
-            if layer.is_initialized:
-                move_entries(layer, start, keep)
-        self.length = start + int(keep.shape[0])
