@@ -19,15 +19,8 @@ from beagle.errors import BeagleError
 from beagle.models.checkpoint import build_draft
 from tests.conftest import FAMILIES, make_tiny_target
 from tests.drafts import make_bigram, oracle_draft
+from tests.test_engine import TREES  # the same tree shapes as the eager path's tests
 
-TREES = [
-    TreeSettings(5, 10, 60),
-    TreeSettings(1, 10, 10),
-    TreeSettings(4, 1, 4),
-    TreeSettings(1, 1, 1),
-    TreeSettings(3, 4, 20),
-    TreeSettings(8, 6, 80),
-]
 
 
 def _greedy(tokens=24):
