@@ -1,4 +1,6 @@
-"""Draft checkpoints: ``config.json`` (architecture, dims, target fingerprint) + ``model.safetensors``.
+"""Draft checkpoints: ``config.json`` (architecture, dims, target fingerprint) + ``model.safetensors``,
+plus ``draft_vocab.safetensors`` when the draft has a draft vocabulary (:mod:`beagle.vocab`; the config's
+``draft_vocab_size`` says so, and a draft without one keeps using the target's full vocabulary).
 
 Writes are atomic: files go to a temporary sibling folder that replaces the destination
 with ``os.replace`` only once complete, so a crash mid-save leaves the previous checkpoint intact.
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from beagle.errors import BeagleError
 from beagle.models.base import DraftModel, draft_class
 from beagle.models.config import DraftConfig
+from beagle.vocab.core import VOCAB_FILE_NAME, DraftVocab
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
             for name, tensor in (state_dict if state_dict is not None else draft.state_dict()).items()
         }
         save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt", "arch": config.arch})
+        if draft.vocab is not None:
+            draft.vocab.save(temporary / VOCAB_FILE_NAME)
         config.save(temporary / CONFIG_NAME)
         replace_directory(temporary, directory)
     except BaseException:
@@ -84,6 +89,7 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     config = DraftConfig.load(directory / CONFIG_NAME)
     if target is not None:
         config.check_target(target.fingerprint())
+    vocab = read_checkpoint_vocab(directory, config)
     draft = draft_class(config.arch)(config)
     state = load_file(str(directory / WEIGHTS_NAME))
     missing, unexpected = draft.load_state_dict(state, strict=False)
@@ -95,9 +101,26 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     device = device or (target.device if target is not None else "cpu")
     dtype = dtype or (target.dtype if target is not None else torch.float32)
     draft = draft.to(device=device, dtype=dtype).eval()
+    draft.set_vocab(vocab)
     if target is not None:
         draft.bind_target(target)
     return draft
+
+
+def read_checkpoint_vocab(directory, config: DraftConfig) -> DraftVocab | None:
+    """The draft vocabulary stored in a checkpoint folder (None when ``config.draft_vocab_size`` is unset);
+    BeagleError when the file is missing, malformed or disagrees with the config."""
+    if config.draft_vocab_size is None:
+        return None
+    path = Path(directory) / VOCAB_FILE_NAME
+    if not path.is_file():
+        raise BeagleError(f"draft {directory} declares a {config.draft_vocab_size}-token draft vocabulary but has no "
+                          f"{VOCAB_FILE_NAME}; copy it back or remove draft_vocab_size from its {CONFIG_NAME}")
+    vocab = DraftVocab.load(path)
+    if vocab.size != config.draft_vocab_size:
+        raise BeagleError(f"{path} holds {vocab.size} ids but {CONFIG_NAME} says draft_vocab_size "
+                          f"{config.draft_vocab_size}")
+    return vocab.check(config.vocab_size, config.target.get("name"))
 
 
 def build_draft(target, arch: str) -> DraftModel:

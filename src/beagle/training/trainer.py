@@ -83,6 +83,9 @@ class TrainConfig:
     noise: str | None = None  # gaussian | uniform | none (default per arch: beagle gaussian, eagle2 uniform)
     noise_std: float = 0.2
     loss_chunk: int | None = None  # rows per checkpointed LM-head loss chunk (saves [N, V] logits memory)
+    # draft vocabulary: None (the target's full vocabulary), "N" (the N most frequent assistant tokens of the
+    # training split, EOS ids kept) or a vocabulary file from `beagle vocab` (see beagle.vocab)
+    draft_vocab: str | None = None
     seed: int = 0
     max_length: int = 2048
     heldout_fraction: float = 0.02
@@ -122,6 +125,10 @@ class TrainConfig:
         if self.features is not None and self.regenerate:
             raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
         check_fsdp_mode(self.fsdp)
+        if self.draft_vocab is not None:
+            self.draft_vocab = str(self.draft_vocab)
+            if self.draft_vocab.isdigit() and int(self.draft_vocab) < 1:
+                raise BeagleError("--draft-vocab N needs N ≥ 1 (or a vocabulary file)")
         if self.regenerate and self.fsdp in ("target", "both"):
             raise BeagleError("--regenerate needs the whole target on one device; regenerate without --fsdp target "
                               "first (the answers are cached), then train with it")
@@ -199,11 +206,16 @@ def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:
     """Write config.json + model.safetensors (``state_dict``: the draft's full weights) into ``out`` without
     touching its other files (save_draft replaces whole folders): save to a staging folder, then rename."""
     from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_draft
+    from beagle.vocab.core import VOCAB_FILE_NAME
 
     staging = out / ".draft-staging"
     save_draft(draft, staging, extra=extra, state_dict=state_dict)
+    if (staging / VOCAB_FILE_NAME).is_file():
+        os.replace(staging / VOCAB_FILE_NAME, out / VOCAB_FILE_NAME)  # before the config that declares it
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         os.replace(staging / name, out / name)
+    if draft.vocab is None and (out / VOCAB_FILE_NAME).is_file():
+        os.remove(out / VOCAB_FILE_NAME)  # left by an earlier run with a draft vocabulary
     staging.rmdir()
 
 
@@ -309,6 +321,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.draft = build_draft(target, config.arch).to(self.device).train()
+        if config.draft_vocab is not None:
+            self.draft.set_vocab(self._draft_vocab())
         if config.shards_draft:
             shard_draft(self.draft, self.mesh)  # the same seeded weights on every rank, now 1/N each
         elif self.dist.enabled:
@@ -333,6 +347,20 @@ class Trainer:
     def num_parameters(self) -> int:
         return self.draft.num_parameters()
 
+    def _draft_vocab(self):
+        """--draft-vocab: "N" builds it from the training split's assistant tokens (the same on every rank:
+        counting is deterministic), anything else is a vocabulary file."""
+        from beagle.vocab.core import DraftVocab
+        from beagle.vocab.counting import vocab_from_dataset
+
+        value = self.config.draft_vocab
+        if value.isdigit():
+            vocab = vocab_from_dataset(self.dataset, int(value), self.target, self.config.data or self.config.features,
+                                       indices=self.train_indices)
+            logger.info("draft vocabulary from the training split: %s", vocab.describe())
+            return vocab
+        return DraftVocab.load(value)
+
     def maybe_resume(self) -> None:
         path = self.out / STATE_NAME
         if not self.config.resume:
@@ -345,6 +373,10 @@ class Trainer:
         for key in ("arch", "batch_size", "seed", "window", "sim_steps", "stage2_window", "ttt_steps"):
             if key in saved and saved[key] != getattr(self.config, key):
                 raise BeagleError(f"cannot resume: {key} was {saved[key]!r}, now {getattr(self.config, key)!r}")
+        saved_vocab = state.get("draft_vocab")
+        current = self.draft.vocab.ids if self.draft.vocab is not None else None
+        if (saved_vocab is None) != (current is None) or (current is not None and not torch.equal(saved_vocab, current)):
+            raise BeagleError(f"cannot resume: the draft vocabulary differs from the one {path} was trained with")
         if state.get("version", 1) >= 2:
             load_full_state(self.draft, self.optimizer, state["model"], state["optimizer"])
         elif self.config.shards_draft:
@@ -462,7 +494,7 @@ class Trainer:
             "window": config.window, "sim_steps": config.sim_steps,
             "stage2_window": config.stage2_window or config.sim_steps, "ttt_steps": config.ttt_steps,
             "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "max_length": config.max_length,
-            "data": config.data, "features": config.features,
+            "data": config.data, "features": config.features, "draft_vocab": config.draft_vocab,
             "eval": self.progress.history[-1] if self.progress.history else None,
             "history": self.progress.history,
         }
@@ -475,6 +507,7 @@ class Trainer:
             "progress": asdict(self.progress),
             "rng": _rng_state(),
             "config": asdict(config),
+            "draft_vocab": self.draft.vocab.ids if self.draft.vocab is not None else None,
         }
         _atomic_torch_save(state, self.out / STATE_NAME)
         logger.info("checkpoint at step %d written to %s", self.progress.step, self.out)
