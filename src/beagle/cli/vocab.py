@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"kept {vocab.size:,} of {vocab_size:,} ids (EOS {eos} always) covering "
                   f"{100 * (vocab.coverage or 0):.2f} % of the assistant tokens")
     else:
-        from beagle.vocab.core import DraftVocab
+        from beagle.vocab.core import load_vocab
 
-        vocab = DraftVocab.load(args.vocab).check(vocab_size, str(target.name))
+        vocab = load_vocab(args.vocab, vocab_size, str(target.name))
         report.update({"vocab": args.vocab, "size": vocab.size, "coverage": vocab.coverage, "data": vocab.data})
         if not args.json:
             print(f"vocabulary {args.vocab}: {vocab.describe()}")

@@ -350,7 +350,7 @@ class Trainer:
     def _draft_vocab(self):
         """--draft-vocab: "N" builds it from the training split's assistant tokens (the same on every rank:
         counting is deterministic), anything else is a vocabulary file."""
-        from beagle.vocab.core import DraftVocab
+        from beagle.vocab.core import load_vocab
         from beagle.vocab.counting import vocab_from_dataset
 
         value = self.config.draft_vocab
@@ -359,7 +359,7 @@ class Trainer:
                                        indices=self.train_indices)
             logger.info("draft vocabulary from the training split: %s", vocab.describe())
             return vocab
-        return DraftVocab.load(value)
+        return load_vocab(value)
 
     def maybe_resume(self) -> None:
         path = self.out / STATE_NAME

@@ -136,9 +136,12 @@ class DraftVocab:
 
 
 def load_vocab(vocab, vocab_size: int | None = None, target_name: str | None = None) -> DraftVocab:
-    """A DraftVocab or a path to one -> a DraftVocab (checked against ``vocab_size`` when given)."""
+    """A DraftVocab, a path to a vocabulary file or a shipped vocabulary name (``smollm2-vocab-4096``)
+    -> a DraftVocab (checked against ``vocab_size`` when given)."""
     if not isinstance(vocab, DraftVocab):
-        vocab = DraftVocab.load(vocab)
+        from beagle.assets.shipped import resolve_vocab_path
+
+        vocab = DraftVocab.load(resolve_vocab_path(vocab))
     if vocab_size is not None:
         vocab.check(vocab_size, target_name)
     return vocab
