@@ -14,10 +14,10 @@ CPU (the demo's defaults were chosen from this; docs/results/cpu-vocab-sweep.md)
     PYTHONPATH=src python3 bench/cpu/vocab_sweep.py --questions 3 --max-new-tokens 96 --repeats 2 \
         --out docs/results/cpu-vocab-sweep.json
 
-GPU (bf16; after staging, see bench/gpu/README.md):
+GPU (bf16, both drafts, GPU trees; after staging, see bench/gpu/README.md) — bench/gpu/vocab_sweep.py is this
+script with those defaults:
 
-    PYTHONPATH=src python3 bench/cpu/vocab_sweep.py --device cuda --dtype bfloat16 --drafts smollm2-beagle,smollm2-eagle2 \
-        --trees 5/10/60,4/8/32 --questions 12 --max-new-tokens 128 --out $OUT/vocab-sweep/
+    PYTHONPATH=src python3 bench/gpu/vocab_sweep.py --out $OUT/vocab-sweep/
 
 --out FILE.json writes FILE.json and FILE.md; --out FOLDER/ writes FOLDER/results.json and FOLDER/README.md.
 """
@@ -152,8 +152,11 @@ def main() -> None:
             vocab = draft.vocab
             per_turn = [r["methods"][name]["tokens_per_s"] / r["methods"]["ar"]["tokens_per_s"] for r in records
                         if r["methods"]["ar"]["tokens_per_s"]]
-            draft_time = sum(r["methods"][name]["stats"]["time_s"]["draft"] for r in records)
-            total_time = sum(r["methods"][name]["stats"]["time_s"]["total"] for r in records)
+            times = [r["methods"][name].get("stats", {}).get("time_s", {}) for r in records]
+            draft_time = sum(t.get("draft") or 0.0 for t in times)
+            verify_time = sum(t.get("verify") or 0.0 for t in times)
+            total_time = sum(t.get("total") or 0.0 for t in times)
+            rounds = mine.get("rounds") or 0
             row = {
                 "depth": depth, "top_k": top_k, "total_tokens": total, "method": name, **labels[name],
                 "coverage_vocab_data": 1.0 if vocab is None else vocab.coverage,
@@ -161,7 +164,11 @@ def main() -> None:
                 "ar_tokens_per_s": summary["ar"]["tokens_per_s"], "tokens_per_s": mine["tokens_per_s"],
                 "speedup": mine["speedup_vs_ar"], "median_turn_speedup": statistics.median(per_turn) if per_turn else None,
                 "tau": mine["tau"], "exact_match": mine["exact_match"],
-                "draft_share": draft_time / total_time if total_time else None, "turns": mine["samples"],
+                "draft_share": draft_time / total_time if total_time and draft_time else None,
+                "draft_ms_per_round": 1000 * draft_time / rounds if rounds and draft_time else None,
+                "verify_ms_per_round": 1000 * verify_time / rounds if rounds and verify_time else None,
+                "ar_ms_per_token": 1000 / summary["ar"]["tokens_per_s"] if summary["ar"]["tokens_per_s"] else None,
+                "turns": mine["samples"],
             }
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
@@ -203,8 +210,8 @@ def markdown(report: dict) -> str:
         "```",
         "",
         "| tree | method | N | coverage (vocab data) | coverage (AR answers) | AR tok/s | tok/s | speedup | "
-        "median turn speedup | τ | draft share | exact = AR |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "median turn speedup | τ | draft ms / round | verify ms / round | AR ms / token | exact = AR |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         lines.append(
@@ -213,8 +220,8 @@ def markdown(report: dict) -> str:
             f"{number(100 * row['coverage_answers'], 1, ' %')} | {number(row['ar_tokens_per_s'], 1)} | "
             f"{number(row['tokens_per_s'], 1)} | {number(row['speedup'], 2, '×')} | "
             f"{number(row['median_turn_speedup'], 2, '×')} | {number(row['tau'], 2)} | "
-            f"{number(None if row['draft_share'] is None else 100 * row['draft_share'], 0, ' %')} | "
-            f"{number(row['exact_match'], 2)} |")
+            f"{number(row.get('draft_ms_per_round'), 1)} | {number(row.get('verify_ms_per_round'), 1)} | "
+            f"{number(row.get('ar_ms_per_token'), 1)} | {number(row['exact_match'], 2)} |")
     return "\n".join(lines)
 
 
