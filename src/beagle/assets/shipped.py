@@ -13,10 +13,10 @@ SHIPPED = {
     "smollm2-eagle2": "smollm2-eagle2",
 }
 
-# SmolLM2's 4096 most frequent assistant tokens of the first 6000 ShareGPT training conversations
-# (`beagle vocab --target smollm2 --data sharegpt --limit 6000 --size 4096`; docs/results/cpu-vocab-sweep.md).
+# SmolLM2's 8192 most frequent assistant tokens of the first 6000 ShareGPT training conversations
+# (`beagle vocab --target smollm2 --data sharegpt --limit 6000 --size 8192`; docs/results/cpu-vocab-sweep.md).
 SHIPPED_VOCABS = {
-    "smollm2-vocab-4096": "smollm2-vocab-4096.safetensors",
+    "smollm2-vocab-8192": "smollm2-vocab-8192.safetensors",
 }
 
 

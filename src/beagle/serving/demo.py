@@ -26,7 +26,7 @@ DEMO_MAX_NEW_TOKENS = 128
 DEMO_TREE = {"depth": 2, "top_k": 2, "total_tokens": 4}
 # The demo's draft vocabulary (beagle.vocab): SmolLM2's most frequent ShareGPT assistant tokens, shipped next to
 # the drafts; "auto" gives it to a draft without a vocabulary of its own when the target is the demo's.
-DEMO_VOCAB = "smollm2-vocab-4096"
+DEMO_VOCAB = "smollm2-vocab-8192"
 
 MISSING_DRAFT = """\
 the shipped Beagle draft for SmolLM2 ({name}) is not in this checkout (expected drafts/{name}/ with \

@@ -106,6 +106,7 @@ class DraftVocab:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
         save_file({VOCAB_TENSOR: self.ids.to(torch.int32).contiguous()}, str(temporary), metadata=self.metadata())
+        os.chmod(temporary, 0o644)  # safetensors writes 0600; a vocabulary is meant to be shared
         os.replace(temporary, path)
         return path
 
@@ -136,7 +137,7 @@ class DraftVocab:
 
 
 def load_vocab(vocab, vocab_size: int | None = None, target_name: str | None = None) -> DraftVocab:
-    """A DraftVocab, a path to a vocabulary file or a shipped vocabulary name (``smollm2-vocab-4096``)
+    """A DraftVocab, a path to a vocabulary file or a shipped vocabulary name (``smollm2-vocab-8192``)
     -> a DraftVocab (checked against ``vocab_size`` when given)."""
     if not isinstance(vocab, DraftVocab):
         from beagle.assets.shipped import resolve_vocab_path
