@@ -1,4 +1,5 @@
-"""Drafts shipped in the repository (trained on GPU, stored as bf16 safetensors under ``drafts/``)."""
+"""Drafts shipped in the repository (trained on GPU, stored as bf16 safetensors under ``drafts/``), and draft
+vocabularies for their target (``drafts/<name>.safetensors``, :mod:`beagle.vocab`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ SHIPPED = {
     "smollm2-beagle": "smollm2-beagle",
     "smollm2-eagle2": "smollm2-eagle2",
 }
+
+# SmolLM2's 8192 most frequent assistant tokens of the first 6000 ShareGPT training conversations
+# (`beagle vocab --target smollm2 --data sharegpt --limit 6000 --size 8192`; docs/results/cpu-vocab-sweep.md).
+SHIPPED_VOCABS = {
+    "smollm2-vocab-8192": "smollm2-vocab-8192.safetensors",
+}
+
+
+def resolve_vocab_path(name_or_path) -> Path:
+    """A shipped vocabulary name -> its file; anything else (a vocabulary file) unchanged."""
+    name = str(name_or_path)
+    if name in SHIPPED_VOCABS and not Path(name).exists():
+        return DRAFTS_DIR / SHIPPED_VOCABS[name]
+    return Path(name_or_path)
 
 
 def resolve_draft_path(name_or_path) -> Path:

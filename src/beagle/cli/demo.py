@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_TREE
+from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_TREE, DEMO_VOCAB
 
 
 def register(subparsers) -> None:
@@ -25,6 +25,10 @@ def register(subparsers) -> None:
                         help=f"HF model folder or hub id (default {DEMO_TARGET!r}: SmolLM2-135M-Instruct)")
     parser.add_argument("--draft", default=DEMO_DRAFT,
                         help=f"draft checkpoint folder or shipped draft name (default {DEMO_DRAFT!r})")
+    parser.add_argument("--draft-vocab", default="auto", metavar="auto|none|FILE",
+                        help=f"the draft vocabulary to propose from: auto (the draft's own, else {DEMO_VOCAB!r} "
+                             f"with the default target), none (the full {DEMO_TARGET} vocabulary), or a vocabulary "
+                             "file from `beagle vocab` (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--depth", type=int, default=DEMO_TREE["depth"],
@@ -42,7 +46,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from beagle.cli.common import tree_settings
     from beagle.errors import BeagleError
-    from beagle.serving.demo import demo_draft_path, format_overall, format_question, mt_bench_prompts, run_demo
+    from beagle.serving.demo import (
+        demo_draft_path,
+        demo_vocab,
+        format_overall,
+        format_question,
+        mt_bench_prompts,
+        run_demo,
+    )
 
     if args.max_new_tokens < 1:
         raise BeagleError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
@@ -57,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading {args.target} (fetched on first use) and the draft {draft_path} ...", file=log, flush=True)
     target = load_target(args.target, dtype=args.dtype, device=args.device)
     draft = load_draft(draft_path, target=target)
+    draft.set_vocab(demo_vocab(args.draft_vocab, draft, args.target))
+    vocab = (f"draft vocabulary {draft.vocab.size} of {target.vocab_size} tokens" if draft.vocab is not None
+             else f"full vocabulary ({target.vocab_size} tokens)")
     print(f"{target.name} on {target.device} ({str(target.dtype).replace('torch.', '')}), {draft.config.arch} draft, "
-          f"tree depth {tree.depth} / top-k {tree.top_k} / {tree.total_tokens} tokens", file=log)
+          f"{vocab}, tree depth {tree.depth} / top-k {tree.top_k} / {tree.total_tokens} tokens", file=log)
     print(f"answering {len(questions)} MT-Bench question(s), greedy, ≤ {args.max_new_tokens} new tokens, "
           "plain then Beagle ...\n", file=log, flush=True)
 

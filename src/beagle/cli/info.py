@@ -1,4 +1,4 @@
-"""``beagle info DRAFT``: what a draft checkpoint is, its parameter count and training record."""
+"""``beagle info DRAFT``: what a draft checkpoint is, its parameter count, draft vocabulary and training record."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         "kv_heads": config.num_key_value_heads,
         "intermediate_size": config.intermediate_size,
         "target": config.target,
+        "draft_vocab": _vocab_info(draft),
         "training": config.training,
     }
     if args.json:
@@ -43,6 +44,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"  width {config.hidden_size}, heads {config.num_attention_heads}/{config.num_key_value_heads} (q/kv), "
           f"MLP {config.intermediate_size}")
     print(f"  target: {config.target}")
+    if draft.vocab is None:
+        print(f"  draft vocabulary: the target's full vocabulary ({config.vocab_size:,} tokens)")
+    else:
+        print(f"  draft vocabulary: {draft.vocab.describe()}")
     if config.training:
         print(f"  training: {json.dumps(config.training)[:400]}")
     return 0
+
+
+def _vocab_info(draft) -> dict:
+    """{"size", "coverage", "data", "tokens"}: the draft vocabulary, or the full one (coverage 1.0)."""
+    vocab = draft.vocab
+    if vocab is None:
+        return {"size": draft.config.vocab_size, "full": True, "coverage": 1.0}
+    return {"size": vocab.size, "full": False, "coverage": vocab.coverage, "data": vocab.data, "tokens": vocab.tokens}

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "chat",
     "demo",
     "datagen",
+    "vocab",
     "train",
     "bench",
     "serve",

@@ -51,6 +51,11 @@ def register(subparsers) -> None:
     parser.add_argument("--loss-chunk", type=int, default=None,
                         help="compute the LM-head losses in checkpointed chunks of this many positions "
                              "(less GPU memory for large vocabularies, ~one extra LM-head product)")
+    parser.add_argument("--draft-vocab", metavar="N|FILE", default=None,
+                        help="propose from a draft vocabulary: N = the N most frequent assistant tokens of the "
+                             "training data (EOS kept), or a file from `beagle vocab`; the CE is over it, against "
+                             "the target's distribution restricted and renormalised, weighted by the target's "
+                             "mass inside it (default: the target's full vocabulary)")
     parser.add_argument("--heldout", type=int, default=None, help="held-out sequences for evaluation (default 2%%, ≤256)")
     parser.add_argument("--eval-depth", type=int, default=5, help="draft positions measured each epoch (default 5)")
     parser.add_argument("--regenerate", action="store_true",
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
         regenerate=args.regenerate, resume=args.resume, resume_anyway=args.resume_anyway, overwrite=args.overwrite,
-        loss_chunk=args.loss_chunk, seed=args.seed,
+        loss_chunk=args.loss_chunk, draft_vocab=args.draft_vocab, seed=args.seed,
         fsdp=args.fsdp, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     ).validate()
@@ -104,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.arch} draft for {args.target}: {count:,} parameters ({count / 1e6:.1f}M)", file=sys.stderr)
     if main and hasattr(trainer.dataset, "report"):
         print(f"data: {trainer.dataset.report.summary()}", file=sys.stderr)
+    if main and trainer.draft.vocab is not None:
+        print(f"draft vocabulary: {trainer.draft.vocab.describe()}", file=sys.stderr)
     try:
         out = trainer.run()
     finally:

@@ -9,10 +9,15 @@ state) through the target's frozen LM head. Both architectures implement:
 - ``expand(cache, tokens, parents) -> hidden [n, d]``: one tree level: tokens [n] are
   children of the previous level's nodes ``parents`` [n].
 
-The target's embedding and LM head are shared by reference (frozen, never saved).
+The target's embedding and LM head are shared by reference (frozen, never saved). Drafting proposes
+through ``draft_logits`` (over the draft vocabulary: N ≤ V kept rows of the head, see
+:mod:`beagle.vocab`) and ``to_target_ids``; ``logits`` is always the full head.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +25,9 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
+
+if TYPE_CHECKING:
+    from beagle.vocab.core import DraftVocab
 
 DRAFT_CLASSES: dict[str, type["DraftModel"]] = {}
 
@@ -46,6 +54,20 @@ def draft_class(arch: str) -> type["DraftModel"]:
     return DRAFT_CLASSES[arch]
 
 
+def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32."""
+    hidden = hidden.to(weight.dtype)
+    rows = hidden.numel() // hidden.shape[-1] if hidden.numel() else 0
+    if (weight.device.type == "cpu" and 1 < rows <= CPU_SMALL_BATCH_ROWS and bias is None
+            and not (torch.is_grad_enabled() and hidden.requires_grad)):
+        # Drafting on a CPU: a few rows against a [V, d] head. BLAS runs x @ Wᵀ for 2–64 rows at a
+        # fraction of its memory bandwidth; W @ xᵀ streams the head once (2–3× faster measured on
+        # SmolLM2's 49152 × 576 head, 2 cores). Draft logits only pick proposals: no effect on output.
+        flat = hidden.reshape(rows, hidden.shape[-1])
+        return (weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
+    return nn.functional.linear(hidden, weight, bias).float()
+
+
 class DraftModel(nn.Module):
     arch = "base"
     # Methods besides ``forward`` that training calls with the draft's parameters (FSDP hooks them).
@@ -55,12 +77,16 @@ class DraftModel(nn.Module):
         super().__init__()
         self.config = config
         self._shared: tuple[nn.Embedding, nn.Linear] | None = None
+        self._vocab = None  # beagle.vocab.DraftVocab, or None: the target's full vocabulary
+        self._vocab_head: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
     # ---------------------------------------------------------- target parts
     def bind_target(self, target) -> "DraftModel":
-        """Share the target's embedding and LM head (frozen; not parameters of the draft)."""
+        """Share the target's embedding and LM head (frozen; not parameters of the draft); with a draft
+        vocabulary, gather its rows of the head once (see :meth:`set_vocab`)."""
         self.config.check_target(target.fingerprint())
         self._shared = (target.embed, target.lm_head)
+        self._gather_vocab_rows()
         return self
 
     def _parts(self) -> tuple[nn.Embedding, nn.Linear]:
@@ -76,29 +102,89 @@ class DraftModel(nn.Module):
         return vectors.to(device=self.device, dtype=self.dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Target LM head on draft states: [..., d] -> [..., V] float32 (gradient flows to hidden)."""
+        """Target LM head on draft states: [..., d] -> [..., V] float32 (gradient flows to hidden).
+        The full head whatever the draft vocabulary (training losses need the whole distribution)."""
         head = self._parts()[1]
-        hidden = hidden.to(head.weight.dtype)
-        rows = hidden.numel() // hidden.shape[-1] if hidden.numel() else 0
-        if (head.weight.device.type == "cpu" and 1 < rows <= CPU_SMALL_BATCH_ROWS and head.bias is None
-                and not (torch.is_grad_enabled() and hidden.requires_grad)):
-            # Drafting on a CPU: a few rows against a [V, d] head. BLAS runs x @ Wᵀ for 2–64 rows at a
-            # fraction of its memory bandwidth; W @ xᵀ streams the head once (2–3× faster measured on
-            # SmolLM2's 49152 × 576 head, 2 cores). Draft logits only pick proposals: no effect on output.
-            flat = hidden.reshape(rows, hidden.shape[-1])
-            return (head.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
-        return nn.functional.linear(hidden, head.weight, head.bias).float()
+        return _head_product(hidden, head.weight, head.bias)
 
     # ------------------------------------------------------ draft vocabulary
-    # Drafting proposes tokens through these two methods only. Without a draft vocabulary they are
-    # the full head and the identity; with one (beagle.vocab) the head is restricted to the kept rows.
+    # Drafting proposes tokens through draft_logits and to_target_ids only. Without a draft vocabulary they
+    # are the full head and the identity; with one (beagle.vocab) the head is restricted to the kept rows,
+    # gathered once (set_vocab / bind_target), so each call is one matmul and one index: no host syncs.
+    @property
+    def vocab(self) -> "DraftVocab | None":
+        """The draft vocabulary (:class:`beagle.vocab.DraftVocab`), or None: the target's full vocabulary."""
+        return self._vocab
+
+    @property
+    def draft_vocab_size(self) -> int:
+        """N: the number of tokens the draft proposes from (the target's V without a draft vocabulary)."""
+        return self._vocab.size if self._vocab is not None else self.config.vocab_size
+
+    def set_vocab(self, vocab) -> "DraftModel":
+        """Attach a draft vocabulary (a :class:`~beagle.vocab.DraftVocab` or a path to a vocabulary file), or
+        None for the full one. Checks its ids against the target's vocabulary (BeagleError) and records its
+        size and coverage in the config (so checkpoints carry it). Bound drafts gather the rows now."""
+        from beagle.vocab.core import load_vocab
+
+        if vocab is not None:
+            vocab = load_vocab(vocab, self.config.vocab_size, self.config.target.get("name"))
+            if vocab.target is None or vocab.target_vocab_size is None:  # a hand-made one: record whose it is
+                vocab = dataclasses.replace(vocab, target=vocab.target or self.config.target.get("name"),
+                                            target_vocab_size=vocab.target_vocab_size or self.config.vocab_size)
+        self._vocab = vocab
+        self.config.draft_vocab_size = vocab.size if vocab is not None else None
+        self.config.draft_vocab_coverage = vocab.coverage if vocab is not None else None
+        self._vocab_head = None
+        self._gather_vocab_rows()
+        return self
+
+    def _gather_vocab_rows(self) -> None:
+        """Copy the kept rows of the shared LM head (and bias) next to it, with the kept ids as an index
+        tensor on the same device: (weight [N, d], bias [N] | None, ids [N] long)."""
+        self._vocab_head = None
+        if self._vocab is None or self._shared is None:
+            return
+        head = self._shared[1]
+        if int(self._vocab.ids[-1]) >= head.weight.shape[0]:
+            raise BeagleError(f"the draft vocabulary holds id {int(self._vocab.ids[-1])}, beyond the target's "
+                              f"LM head ({head.weight.shape[0]} rows)")
+        ids = self._vocab.ids.to(head.weight.device)
+        with torch.no_grad():
+            weight = head.weight.detach().index_select(0, ids).contiguous()
+            bias = head.bias.detach().index_select(0, ids).contiguous() if head.bias is not None else None
+        self._vocab_head = (weight, bias, ids)
+
+    def _vocab_rows(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        head = self._parts()[1]
+        rows = self._vocab_head
+        # Python-side checks only (no device work): gather again if the target was moved or cast since.
+        if rows is None or rows[0].device != head.weight.device or rows[0].dtype != head.weight.dtype:
+            self._gather_vocab_rows()
+            rows = self._vocab_head
+        return rows
+
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Proposal logits over the draft vocabulary: [..., d] -> [..., N] float32 (N = V without one)."""
-        return self.logits(hidden)
+        """Proposal logits over the draft vocabulary: [..., d] -> [..., N] float32 (N = V without one).
+        Column i is target id ``to_target_ids(i)``; gradient flows to hidden."""
+        if self._vocab is None:
+            return self.logits(hidden)
+        weight, bias, _ = self._vocab_rows()
+        return _head_product(hidden, weight, bias)
 
     def to_target_ids(self, indices: torch.Tensor) -> torch.Tensor:
-        """Draft-vocabulary indices [...] -> target token ids [...] (the identity without a vocabulary)."""
-        return indices
+        """Draft-vocabulary indices [...] (long, on the head's device) -> target token ids [...]
+        (the identity without a vocabulary; otherwise an index into the kept ids)."""
+        if self._vocab is None:
+            return indices
+        return self._vocab_rows()[2][indices]
+
+    def to_draft_vocab(self, target_logits: torch.Tensor) -> torch.Tensor:
+        """Restrict logits over the target's vocabulary to the draft's: [..., V] -> [..., N] (unchanged without
+        a draft vocabulary). Training uses it for the target's distribution restricted to the subset."""
+        if self._vocab is None:
+            return target_logits
+        return target_logits.index_select(-1, self._vocab_rows()[2].to(target_logits.device))
 
     @property
     def device(self) -> torch.device:

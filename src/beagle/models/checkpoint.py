@@ -1,4 +1,6 @@
-"""Draft checkpoints: ``config.json`` (architecture, dims, target fingerprint) + ``model.safetensors``.
+"""Draft checkpoints: ``config.json`` (architecture, dims, target fingerprint) + ``model.safetensors``,
+plus ``draft_vocab.safetensors`` when the draft has a draft vocabulary (:mod:`beagle.vocab`; the config's
+``draft_vocab_size`` says so, and a draft without one keeps using the target's full vocabulary).
 
 Writes are atomic: files go to a temporary sibling folder (``.<name>.XXXXXXXX``) that replaces the
 destination with ``os.replace`` only once complete, so a crash mid-save leaves the previous checkpoint
@@ -24,6 +26,7 @@ from beagle.errors import BeagleError
 from beagle.files import give_default_mode
 from beagle.models.base import DraftModel, draft_class
 from beagle.models.config import DraftConfig
+from beagle.vocab.core import VOCAB_FILE_NAME, DraftVocab
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
             for name, tensor in (state_dict if state_dict is not None else draft.state_dict()).items()
         }
         save_file(tensors, str(temporary / WEIGHTS_NAME), metadata={"format": "pt", "arch": config.arch})
+        if draft.vocab is not None:
+            draft.vocab.save(temporary / VOCAB_FILE_NAME)
         config.save(temporary / CONFIG_NAME)
         for path in (temporary / WEIGHTS_NAME, temporary / CONFIG_NAME, temporary):
             give_default_mode(path)  # safetensors writes 0600, mkdtemp makes 0700
@@ -115,6 +120,7 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
         config.check_target(target.fingerprint())
         config.check_target_weights(target.weights_fingerprint(), where=f"the draft in {directory}",
                                     quiet=_is_shipped(directory))
+    vocab = read_checkpoint_vocab(directory, config)
     draft = draft_class(config.arch)(config)
     try:
         state = load_file(str(directory / WEIGHTS_NAME))
@@ -134,6 +140,7 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     device = device or (target.device if target is not None else "cpu")
     dtype = dtype or (target.dtype if target is not None else torch.float32)
     draft = draft.to(device=device, dtype=dtype).eval()
+    draft.set_vocab(vocab)
     if target is not None:
         draft.bind_target(target)
     return draft
@@ -147,6 +154,22 @@ def _is_shipped(directory: Path) -> bool:
         return Path(directory).resolve().is_relative_to(DRAFTS_DIR.resolve())
     except OSError:
         return False
+
+
+def read_checkpoint_vocab(directory, config: DraftConfig) -> DraftVocab | None:
+    """The draft vocabulary stored in a checkpoint folder (None when ``config.draft_vocab_size`` is unset);
+    BeagleError when the file is missing, malformed or disagrees with the config."""
+    if config.draft_vocab_size is None:
+        return None
+    path = Path(directory) / VOCAB_FILE_NAME
+    if not path.is_file():
+        raise BeagleError(f"draft {directory} declares a {config.draft_vocab_size}-token draft vocabulary but has no "
+                          f"{VOCAB_FILE_NAME}; copy it back or remove draft_vocab_size from its {CONFIG_NAME}")
+    vocab = DraftVocab.load(path)
+    if vocab.size != config.draft_vocab_size:
+        raise BeagleError(f"{path} holds {vocab.size} ids but {CONFIG_NAME} says draft_vocab_size "
+                          f"{config.draft_vocab_size}")
+    return vocab.check(config.vocab_size, config.target.get("name"))
 
 
 def build_draft(target, arch: str) -> DraftModel:

@@ -21,6 +21,8 @@ class DraftConfig:
     arch: "beagle" (cross-attention, the paper's model) or "eagle2" (fc + self-attention baseline).
     target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers, and
     ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target.fingerprint`).
+    draft_vocab_size / draft_vocab_coverage: N and the coverage of the draft vocabulary stored next to the
+    weights (``draft_vocab.safetensors``, see :mod:`beagle.vocab`); None = the target's full vocabulary.
     """
 
     arch: str
@@ -36,6 +38,8 @@ class DraftConfig:
     attention_bias: bool = False
     target: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    draft_vocab_size: int | None = None
+    draft_vocab_coverage: float | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:

@@ -24,6 +24,9 @@ DEMO_MAX_NEW_TOKENS = 128
 # each draft level reads the 49152 × 576 LM head, so no tree paid off there (0.68–0.77× AR); the smallest
 # useful tree lost least. On a GPU the default tree (5 / 10 / 60) is the one to use (1.45× on an H200).
 DEMO_TREE = {"depth": 2, "top_k": 2, "total_tokens": 4}
+# The demo's draft vocabulary (beagle.vocab): SmolLM2's most frequent ShareGPT assistant tokens, shipped next to
+# the drafts; "auto" gives it to a draft without a vocabulary of its own when the target is the demo's.
+DEMO_VOCAB = "smollm2-vocab-8192"
 
 MISSING_DRAFT = """\
 the shipped Beagle draft for SmolLM2 ({name}) is not in this checkout (expected drafts/{name}/ with \
@@ -50,6 +53,23 @@ def demo_draft_path(name_or_path: str = DEMO_DRAFT) -> str:
         raise BeagleError(f"--draft {name_or_path!r} is neither a shipped draft name ({', '.join(SHIPPED)}) "
                           "nor a draft checkpoint folder")
     return name_or_path
+
+
+def demo_vocab(choice: str, draft, target_name: str):
+    """The draft vocabulary the demo gives ``draft`` for ``--draft-vocab choice``: "auto" (the draft's own, else
+    :data:`DEMO_VOCAB` when the target is the demo's, else none), "none" (the target's full vocabulary), or a
+    vocabulary file / shipped name. Returns a DraftVocab or None."""
+    from beagle.vocab.core import load_vocab
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        if draft.vocab is not None:
+            return draft.vocab
+        if target_name != DEMO_TARGET:
+            return None
+        choice = DEMO_VOCAB
+    return load_vocab(choice)
 
 
 def mt_bench_prompts(count: int) -> list[dict]:
@@ -82,7 +102,7 @@ def run_demo(
     tree: a TreeSettings (default :data:`DEMO_TREE`). ``on_result(index, result)`` is called as each
     question finishes. Returns::
 
-        {"target", "draft", "tree", "max_new_tokens",
+        {"target", "draft", "draft_vocab" (None | {"size", "coverage"}), "tree", "max_new_tokens",
          "questions": [{"prompt", "agree", "plain": {...}, "beagle": {...}, "speedup", "answer"}, ...],
          "overall": {"agree", "agreed", "questions", "plain_tokens_per_s", "beagle_tokens_per_s",
                      "speedup", "tau", "plain_tokens", "beagle_tokens"}}
@@ -143,9 +163,11 @@ def run_demo(
         "speedup": _ratio(beagle_speed, plain_speed),
         "tau": round(beagle_tokens / passes, 4) if passes else 0.0,
     }
+    vocab = getattr(draft, "vocab", None)
     return {
         "target": str(target.name),
         "draft": getattr(getattr(draft, "config", None), "arch", type(draft).__name__),
+        "draft_vocab": None if vocab is None else {"size": vocab.size, "coverage": vocab.coverage},
         "tree": {"depth": tree.depth, "top_k": tree.top_k, "total_tokens": tree.total_tokens},
         "max_new_tokens": max_new_tokens,
         "questions": results,
@@ -183,6 +205,10 @@ def format_overall(results: dict, example_chars: int = 500) -> str:
         f"τ {overall['tau']:.2f} tokens per target pass",
         f"  identical output on {overall['agreed']}/{overall['questions']} questions",
     ]
+    vocab = results.get("draft_vocab")
+    if vocab:
+        covered = f", covering {100 * vocab['coverage']:.1f} % of its data's assistant tokens" if vocab.get("coverage") else ""
+        lines.insert(3, f"                  (drafting from a {vocab['size']}-token draft vocabulary{covered})")
     example = results["questions"][0]
     answer = example["answer"].strip()
     if len(answer) > example_chars:

@@ -275,6 +275,15 @@ class FeatureDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return list(self._lengths)
 
+    def tokens(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence ``index`` without its states: (input_ids [L] long, loss_mask [L] bool)."""
+        shard, row = divmod(index, self.manifest["shard_size"])
+        offsets = self._offsets[shard]
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        handle = self._handle(shard)
+        return (handle.get_slice("input_ids")[start:end].to(torch.long),
+                handle.get_slice("loss_mask")[start:end].to(torch.bool))
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         shard, row = divmod(index, self.manifest["shard_size"])
         offsets = self._offsets[shard]

@@ -7,6 +7,19 @@ Per selected position n (rows of [N, ...] tensors)::
     loss_n  = ce_weight * ce_n + vloss_weight * vloss_n
 
 Beagle uses ce 1 : vloss 10 (paper §2.2), EAGLE-2 ce 0.1 : vloss 1.0 (EAGLE ``main.py``): the same ratio.
+
+With a draft vocabulary S (N kept ids, :mod:`beagle.vocab`) the draft's q_n is a softmax over S only, and
+the soft label is the target's distribution restricted to S and renormalised (as EAGLE-3)::
+
+    p^S_n(v) = p_n(v) / m_n  for v in S,     m_n = Σ_{v∈S} p_n(v)  (the target's mass inside S)
+    ce_n     = -m_n · Σ_{v∈S} p^S_n(v) log q_n(v)
+
+Labels outside S: their probability mass is dropped from the label, and the position's CE is weighted by
+m_n — a position whose target mass lies outside S (e.g. its argmax is an out-of-vocabulary token, which
+no proposal from S can match) counts in proportion to what the draft can still win there, down to 0 when
+m_n ≈ 0 (no division by a vanishing mass: p^S is a softmax over the restricted logits). Without a draft
+vocabulary m_n = 1 and nothing changes. The feature regression vloss is unchanged at every position; top1
+compares the draft's argmax over S, mapped to a target id, with the target's argmax over all of V.
 Objectives sum ``weight_n * loss_n`` and divide by a count of positions over the *global* batch, so
 micro-batches and data-parallel ranks add up to the single-batch mean.
 
@@ -49,6 +62,7 @@ def position_losses(
     chunk_rows: when set and N is larger, rows are processed in chunks under activation checkpointing,
     so only one chunk's [rows, V] logits live at a time (recomputed in backward: less memory, one
     more LM-head product). Values are the same either way (rows are independent).
+    With a draft vocabulary the CE is over it (see the module docstring).
     Returns (loss [N], parts {"ce": [N], "vloss": [N], "top1": [N] float 0/1 draft argmax == target argmax}).
     """
     if chunk_rows and hidden.shape[0] > chunk_rows and torch.is_grad_enabled() and hidden.requires_grad:
@@ -66,15 +80,21 @@ def position_losses(
 
 def _row_losses(draft, hidden, target_states, ce_weight, vloss_weight):
     with torch.no_grad():
-        target_logits = draft.logits(target_states)
-        target_probs = target_logits.softmax(dim=-1)
+        target_logits = draft.logits(target_states)  # [N, V]
         target_top = target_logits.argmax(dim=-1)
-        del target_logits
-    logits = draft.logits(hidden)
+        restricted = draft.to_draft_vocab(target_logits)  # [N, N_S] (the same tensor without a draft vocabulary)
+        target_probs = restricted.softmax(dim=-1)  # restricted to the draft vocabulary and renormalised
+        inside = None
+        if draft.vocab is not None:  # m_n: the target's probability mass inside the draft vocabulary
+            inside = (restricted.logsumexp(dim=-1) - target_logits.logsumexp(dim=-1)).exp()
+        del target_logits, restricted
+    logits = draft.draft_logits(hidden)  # [N, N_S]
     ce = soft_cross_entropy(logits, target_probs)
+    if inside is not None:
+        ce = ce * inside
     vloss = feature_regression(hidden, target_states)
     with torch.no_grad():
-        top1 = (logits.argmax(dim=-1) == target_top).float()
+        top1 = (draft.to_target_ids(logits.argmax(dim=-1)) == target_top).float()
     return ce_weight * ce + vloss_weight * vloss, ce, vloss, top1
 
 

@@ -397,8 +397,8 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Te
     Every assistant position r with context is the root of a chain r, r+1, .., r+depth-1. Step i of a
     chain is simulated exactly as the drafter would run it: Beagle through :func:`simulate_drafting`
     (window = depth, all depth offsets so that every position is a root once), EAGLE-2 through
-    :func:`eagle_unroll`; query tokens are the data tokens. Step i *accepts* when the draft's top-1 equals
-    the target's argmax at that position. Step i is counted only while steps 1..i-1 of its chain were
+    :func:`eagle_unroll`; query tokens are the data tokens. Step i *accepts* when the draft's top-1 (over its
+    draft vocabulary, as drafting proposes) equals the target's argmax at that position. Step i is counted only while steps 1..i-1 of its chain were
     accepted **and** the data token equalled the target's argmax there (so the teacher-forced path is the
     one greedy drafting and verification would take; with target-regenerated greedy data that always holds).
 
@@ -422,7 +422,7 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Te
                 step, positions = out.step, out.query_positions
                 roots = positions - step + 1
                 live = out.query_valid & alive.gather(1, roots.clamp_min(0)) & position_mask.gather(1, positions)
-                hit = draft.logits(out.hidden).argmax(dim=-1) == target_argmax.gather(1, positions)
+                hit = _draft_top1(draft, out.hidden) == target_argmax.gather(1, positions)
                 accepted[step - 1] += float((live & hit).sum())
                 counted[step - 1] += float(live.sum())
                 # Padding rows point at root 0, which is never alive (no context): writing False there is harmless.
@@ -436,11 +436,16 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Te
                 break
             index = torch.arange(shift, count, device=states.device)  # q; root r = q - shift
             live = alive[:, : count - shift] & position_mask[:, 1:][:, index]
-            hit = draft.logits(features[:, index]).argmax(dim=-1) == target_argmax[:, 1:][:, index]
+            hit = _draft_top1(draft, features[:, index]) == target_argmax[:, 1:][:, index]
             accepted[step - 1] += float((live & hit).sum())
             counted[step - 1] += float(live.sum())
             alive[:, : count - shift] = live & hit & follows_data[:, 1:][:, index]
     return accepted, counted
+
+
+def _draft_top1(draft, hidden: torch.Tensor) -> torch.Tensor:
+    """The draft's greedy proposal as a target id: [..., d] -> [...] (over its draft vocabulary)."""
+    return draft.to_target_ids(draft.draft_logits(hidden).argmax(dim=-1))
 
 
 def simulated_tau(accepted: torch.Tensor, counted: torch.Tensor) -> tuple[list[float], float]:

@@ -102,6 +102,9 @@ class TrainConfig:
     noise: str | None = None  # gaussian | uniform | none (default per arch: beagle gaussian, eagle2 uniform)
     noise_std: float = 0.2
     loss_chunk: int | None = None  # rows per checkpointed LM-head loss chunk (saves [N, V] logits memory)
+    # draft vocabulary: None (the target's full vocabulary), "N" (the N most frequent assistant tokens of the
+    # training split, EOS ids kept) or a vocabulary file from `beagle vocab` (see beagle.vocab)
+    draft_vocab: str | None = None
     seed: int = 0
     max_length: int = 2048
     heldout_fraction: float = 0.02
@@ -150,6 +153,10 @@ class TrainConfig:
         if self.features is not None and self.regenerate:
             raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
         check_fsdp_mode(self.fsdp)
+        if self.draft_vocab is not None:
+            self.draft_vocab = str(self.draft_vocab)
+            if self.draft_vocab.isdigit() and int(self.draft_vocab) < 1:
+                raise BeagleError("--draft-vocab N needs N ≥ 1 (or a vocabulary file)")
         if self.regenerate and self.fsdp in ("target", "both"):
             raise BeagleError("--regenerate needs the whole target on one device; regenerate without --fsdp target "
                               "first (the answers are cached), then train with it")
@@ -227,11 +234,16 @@ def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:
     """Write config.json + model.safetensors (``state_dict``: the draft's full weights) into ``out`` without
     touching its other files (save_draft replaces whole folders): save to a staging folder, then rename."""
     from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_draft
+    from beagle.vocab.core import VOCAB_FILE_NAME
 
     staging = out / ".draft-staging"
     save_draft(draft, staging, extra=extra, state_dict=state_dict)
+    if (staging / VOCAB_FILE_NAME).is_file():
+        os.replace(staging / VOCAB_FILE_NAME, out / VOCAB_FILE_NAME)  # before the config that declares it
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         os.replace(staging / name, out / name)
+    if draft.vocab is None and (out / VOCAB_FILE_NAME).is_file():
+        os.remove(out / VOCAB_FILE_NAME)  # left by an earlier run with a draft vocabulary
     staging.rmdir()
 
 
@@ -388,6 +400,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.draft = build_draft(target, config.arch).to(self.device).train()
+        if config.draft_vocab is not None:
+            self.draft.set_vocab(self._draft_vocab())
         if config.shards_draft:
             shard_draft(self.draft, self.mesh)  # the same seeded weights on every rank, now 1/N each
         elif self.dist.enabled:
@@ -422,6 +436,20 @@ class Trainer:
     def target_record(self) -> dict:
         return {**self.target.fingerprint(), "weights": self.target.weights_fingerprint()}
 
+    def _draft_vocab(self):
+        """--draft-vocab: "N" builds it from the training split's assistant tokens (the same on every rank:
+        counting is deterministic), anything else is a vocabulary file."""
+        from beagle.vocab.core import load_vocab
+        from beagle.vocab.counting import vocab_from_dataset
+
+        value = self.config.draft_vocab
+        if value.isdigit():
+            vocab = vocab_from_dataset(self.dataset, int(value), self.target, self.config.data or self.config.features,
+                                       indices=self.train_indices)
+            logger.info("draft vocabulary from the training split: %s", vocab.describe())
+            return vocab
+        return load_vocab(value)
+
     def maybe_resume(self) -> None:
         path = self.out / STATE_NAME
         if not self.config.resume:
@@ -438,6 +466,10 @@ class Trainer:
         if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "progress", "rng"} <= set(state):
             raise BeagleError(damaged.format("not a Beagle trainer state"))
         self._check_resumable(state)
+        saved_vocab = state.get("draft_vocab")
+        current = self.draft.vocab.ids if self.draft.vocab is not None else None
+        if (saved_vocab is None) != (current is None) or (current is not None and not torch.equal(saved_vocab, current)):
+            raise BeagleError(f"cannot resume: the draft vocabulary differs from the one {path} was trained with")
         try:
             if state.get("version", 1) >= 2:
                 load_full_state(self.draft, self.optimizer, state["model"], state["optimizer"])
@@ -590,7 +622,7 @@ class Trainer:
             "window": config.window, "sim_steps": config.sim_steps,
             "stage2_window": config.stage2_window or config.sim_steps, "ttt_steps": config.ttt_steps,
             "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "max_length": config.max_length,
-            "data": config.data, "features": config.features,
+            "data": config.data, "features": config.features, "draft_vocab": config.draft_vocab,
             "eval": self.progress.history[-1] if self.progress.history else None,
             "history": self.progress.history,
         }
@@ -605,6 +637,7 @@ class Trainer:
             "config": asdict(config),
             "data_digest": self.data_digest,
             "target": self.target_record(),
+            "draft_vocab": self.draft.vocab.ids if self.draft.vocab is not None else None,
         }
         _atomic_torch_save(state, self.out / STATE_NAME)
         logger.info("checkpoint at step %d written to %s", self.progress.step, self.out)
