@@ -100,9 +100,10 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     return draft
 
 
-def build_draft(target, arch: str) -> DraftModel:
-    """A freshly initialised draft of ``arch`` shaped for ``target`` and bound to it."""
-    config = DraftConfig.from_target(target.config, arch, target.fingerprint())
+def build_draft(target, arch: str, num_key_value_heads: int | None = None) -> DraftModel:
+    """A freshly initialised draft of ``arch`` shaped for ``target`` and bound to it (with its own number of
+    key/value heads when ``num_key_value_heads`` is given; default: the target's)."""
+    config = DraftConfig.from_target(target.config, arch, target.fingerprint(), num_key_value_heads)
     draft = draft_class(arch)(config)
     _init_weights(draft, getattr(target.config, "initializer_range", 0.02))
     return draft.to(device=target.device, dtype=torch.float32).bind_target(target)
