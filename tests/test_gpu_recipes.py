@@ -41,3 +41,43 @@ def test_multi_gpu_train_tiny(tmp_path):
     assert [row["run"] for row in rows] == ["single", "fsdp-none", "fsdp-both"]
     assert all(row["ok"] and row["steps"] == 4 for row in rows)
     assert max(row["max_weight_diff_vs_single"] for row in rows) < 1e-5
+
+
+def test_ablations_recipe_tiny(tmp_path):
+    """bench/gpu/ablations.sh end to end on a tiny chat model: regenerate, features, 7 runs side by side (stage 2
+    reached: 6 steps per epoch, 8 steps), the table, the exported drafts, at most 8 files of at most 2 folders."""
+    import gzip
+
+    from test_training_support import conversations, tiny_model, tiny_tokenizer
+
+    target = tmp_path / "target"
+    tokenizer = tiny_tokenizer()
+    tiny_model(len(tokenizer), seed=0, initializer_range=0.1).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    source = tmp_path / "source.jsonl.gz"
+    with gzip.open(source, "wt") as handle:  # 12 "training" conversations, then 3 "held-out" ones
+        handle.writelines(json.dumps(record) + "\n" for record in conversations(15, seed=3, turns=3))
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "TARGET": str(target),
+           "SOURCE": str(source), "TRAIN": "12", "HELDOUT": "3", "MAXLEN": "64", "REGEN_BATCH": "4",
+           "REGEN_TOKENS": "6", "MAX_STEPS": "8", "TRAIN_BATCH": "2", "WARMUP": "1", "KV_ALL": "4", "DEVICE": "cpu",
+           "LIMIT": "500", "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "ablations.sh")], capture_output=True, text=True,
+                            timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    files = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+    assert files == ["ablations.json", "ablations.md", "beagle/config.json", "beagle/model.safetensors",
+                     "eagle2/config.json", "eagle2/model.safetensors", "logs.tar.gz", "regenerated.jsonl.gz"]
+    summary = json.loads((out / "ablations.json").read_text())
+    runs = {row["run"]: row for row in summary["runs"]}
+    assert set(runs) == {"beagle", "beagle-fixed", "beagle-stage1", "beagle-window3", "beagle-sim5", "beagle-kv",
+                         "eagle2"}
+    assert all(row["complete"] and row["exit"] == 0 and row["step"] == 8 for row in runs.values())
+    assert [entry["stage"] for entry in runs["beagle"]["history"]] == [1, 2]
+    assert [entry["stage"] for entry in runs["beagle-stage1"]["history"]] == [1, 1]
+    assert len(summary["pairs"]) == 6 and summary["regenerate"]["written"] == 15
+    exported = json.loads((out / "beagle" / "config.json").read_text())
+    assert exported["training"]["ablation_run"] in runs and exported["arch"] == "beagle"
+    assert json.loads((out / "eagle2" / "config.json").read_text())["training"]["ablation_run"] == "eagle2"
+    with gzip.open(out / "regenerated.jsonl.gz", "rt") as handle:
+        assert len(handle.read().splitlines()) == 15

@@ -250,10 +250,14 @@ def test_resume_is_exact(tmp_path, target):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    # both ran the epoch-1 evaluation; the checkpoint records it
+    # both ran the epoch-1 evaluation and one where --max-steps stopped them; the checkpoint records them
     history = load_draft(full, target).config.training["history"]
-    assert [entry["stage"] for entry in history] == [1]
+    assert [(entry["epoch"], entry["stage"], entry.get("partial_epoch")) for entry in history] == \
+           [(1, 1, None), (1.5, 2, True)]
     assert len(history[0]["acceptance"]) == 3
+    resumed_history = load_draft(resumed, target).config.training["history"]
+    assert [entry["epoch"] for entry in resumed_history] == [0.75, 1, 1.5]
+    assert resumed_history[-1]["tau"] == history[-1]["tau"]
 
 
 def test_resume_reads_a_version_1_trainer_state(tmp_path, target):

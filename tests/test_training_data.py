@@ -1,16 +1,14 @@
-"""Training data: formats, malformed records, assistant-only loss masks, batching order, regeneration."""
+"""Training data: formats, malformed records, assistant-only loss masks, batching order."""
 
 import json
 
 import pytest
-import torch
 
 from beagle.errors import DataError
 from beagle.training.data import (
     ChatDataset,
     ChatEncoder,
     DataReport,
-    RegenerateSettings,
     ShuffledBatches,
     collate,
     encode_conversations,
@@ -19,7 +17,6 @@ from beagle.training.data import (
 from test_training_support import (
     LLAMA2_TEMPLATE,
     conversations,
-    tiny_chat_target,
     tiny_tokenizer,
     write_jsonl,
 )
@@ -172,36 +169,17 @@ def test_dataset_collate_and_deterministic_order(tmp_path):
     assert [b for _, b in order.iterate(0, 2)] == order.batches(0)[2:]
 
 
-def test_regenerate_replaces_answers_once_and_caches(tmp_path):
-    target = tiny_chat_target()
-    records = [
-        {"messages": [{"role": "user", "content": "w1 w2"}, {"role": "assistant", "content": "w3"},
-                      {"role": "user", "content": "w4"}, {"role": "assistant", "content": "w5"}]},
-        {"conversations": [{"from": "human", "value": "w6"}, {"from": "gpt", "value": "w7"}]},
-    ]
-    path = write_jsonl(tmp_path / "d.jsonl", records)
-    settings = RegenerateSettings(max_new_tokens=5, batch_size=2, cache_dir=str(tmp_path / "cache"))
-    first = ChatDataset.from_file(path, target.tokenizer, 256, regenerate=settings, target=target)
-    cached = list((tmp_path / "cache" / "regenerated").glob("*.jsonl"))
-    assert len(cached) == 1
-    lines = [json.loads(line) for line in cached[0].read_text().splitlines()]
-    for line in lines:
-        users = [m["content"] for m in line["messages"] if m["role"] == "user"]
-        assert users[0] in ("w1 w2", "w6")
-    # the answers are the target's own greedy continuation of each prompt
-    prompt = target.encode_chat([{"role": "user", "content": "w6"}])
-    greedy = target.model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False,
-                                   eos_token_id=sorted(target.eos_token_ids()), pad_token_id=0)
-    expected = target.tokenizer.decode(greedy[0, len(prompt):], skip_special_tokens=True).strip()
-    second_conversation = [line for line in lines if line["index"] == 1]
-    if expected:
-        assert second_conversation[0]["messages"][-1]["content"] == expected
-    else:
-        assert not second_conversation
-    # second call: read from the cache, the target is not needed to generate again
-    target.model.generate = None
-    again = ChatDataset.from_file(path, target.tokenizer, 256, regenerate=settings, target=target)
-    assert [e.input_ids.tolist() for e in again.examples] == [e.input_ids.tolist() for e in first.examples]
+def test_gzip_compressed_jsonl_is_read(tmp_path):
+    import gzip
+
+    path = tmp_path / "d.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps(GOOD_OPENAI) + "\n" + json.dumps(GOOD_SHAREGPT) + "\n")
+    dataset = ChatDataset.from_file(path, tiny_tokenizer(), 64)
+    assert dataset.report.kept == 2 and len(dataset) == 2
+    (tmp_path / "cut.jsonl.gz").write_bytes(path.read_bytes()[:-8])  # a cut download: an error, not data
+    with pytest.raises(DataError, match="cannot read"):
+        ChatDataset.from_file(tmp_path / "cut.jsonl.gz", tiny_tokenizer(), 64)
 
 
 def test_named_sharegpt_data_is_the_training_split(tmp_path, monkeypatch):

@@ -101,8 +101,9 @@ def test_fsdp_matches_one_process(tmp_path, data, arch, fsdp, extra):
     single = train(_config(str(tmp_path / "single"), data, micro_batch_size=2, arch=arch, **extra), target=target)
     sharded = _two_ranks(tmp_path / "fsdp", data, arch=arch, fsdp=fsdp, **extra)
     _assert_same_weights(single, sharded, target)
-    (evaluated,) = _history(sharded)  # the epoch-end evaluation ran (on both ranks) and matches
-    assert evaluated["tau"] == pytest.approx(_history(single)[0]["tau"], abs=1e-6)
+    # the evaluations (epoch end, --max-steps stop) ran on both ranks and match
+    assert [entry["epoch"] for entry in _history(sharded)] == [1, 1.5]
+    assert [entry["tau"] for entry in _history(sharded)] == pytest.approx([e["tau"] for e in _history(single)], abs=1e-6)
 
 
 def test_fsdp_from_offline_features(tmp_path, data):

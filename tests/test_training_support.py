@@ -51,25 +51,27 @@ def tiny_tokenizer(template: str = CHATML_TEMPLATE):
     return tokenizer
 
 
-def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64):
+def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, initializer_range: float = 0.02):
+    """A random 2-layer Llama; a larger ``initializer_range`` gives more varied greedy text (and EOS now and then)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=2 * hidden_size, vocab_size=vocab_size, max_position_embeddings=512,
-                         bos_token_id=3, eos_token_id=2, pad_token_id=0)
+                         bos_token_id=3, eos_token_id=2, pad_token_id=0, initializer_range=initializer_range)
     return LlamaForCausalLM(config)
 
 
-def tiny_target(vocab_size: int = 97, seed: int = 0, tokenizer=None):
+def tiny_target(vocab_size: int = 97, seed: int = 0, tokenizer=None, initializer_range: float = 0.02):
     from beagle.target.model import TargetModel
 
-    return TargetModel(tiny_model(vocab_size, seed), tokenizer=tokenizer, name="tiny")
+    return TargetModel(tiny_model(vocab_size, seed, initializer_range=initializer_range), tokenizer=tokenizer,
+                       name="tiny")
 
 
-def tiny_chat_target(seed: int = 0):
+def tiny_chat_target(seed: int = 0, initializer_range: float = 0.02):
     tokenizer = tiny_tokenizer()
-    return tiny_target(len(tokenizer), seed, tokenizer)
+    return tiny_target(len(tokenizer), seed, tokenizer, initializer_range)
 
 
 def sentence(rng: random.Random, low: int = 3, high: int = 9) -> str:

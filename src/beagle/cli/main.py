@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "generate",
     "chat",
     "demo",
+    "regenerate",
     "datagen",
     "vocab",
     "train",

@@ -37,11 +37,14 @@ def register(subparsers) -> None:
     parser.add_argument("--arch", choices=["beagle", "eagle2"], default="beagle")
     parser.add_argument("--out", required=True, help="output folder (draft checkpoint, trainer_state.pt, logs/)")
     parser.add_argument("--epochs-stage1", type=int, default=10, help="stage-1 epochs (default 10)")
-    parser.add_argument("--epochs-stage2", type=int, default=10, help="stage-2 epochs (default 10)")
+    parser.add_argument("--epochs-stage2", type=int, default=10, help="stage-2 epochs (default 10; 0 = stage 1 only)")
     parser.add_argument("--window", type=int, default=5, help="stage-1 window k (default 5)")
     parser.add_argument("--sim-steps", type=int, default=4, help="stage-2 simulated steps s (default 4)")
     parser.add_argument("--stage2-window", type=int, default=None, help="stage-2 window (default: --sim-steps)")
     parser.add_argument("--ttt-steps", type=int, default=0, help="eagle2 only: EAGLE-3-style unrolled steps")
+    parser.add_argument("--draft-kv-heads", type=int, default=None,
+                        help="the draft's own number of key/value heads, a divisor of the target's attention heads "
+                             "(default: the target's; Beagle's values are its only channel from the states)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch in sequences (default 16)")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="per-GPU micro-batch (gradient accumulation)")
@@ -56,10 +59,17 @@ def register(subparsers) -> None:
                              "training data (EOS kept), or a file from `beagle vocab`; the CE is over it, against "
                              "the target's distribution restricted and renormalised, weighted by the target's "
                              "mass inside it (default: the target's full vocabulary)")
-    parser.add_argument("--heldout", type=int, default=None, help="held-out sequences for evaluation (default 2%%, ≤256)")
+    parser.add_argument("--heldout", type=int, default=None,
+                        help="held-out sequences for evaluation (default 2%%, ≤256; with --eval-data: all of it)")
+    parser.add_argument("--eval-data", default=None,
+                        help="evaluate on this data instead of a held-out split: conversations (as --data) or a "
+                             "`beagle datagen` folder; all of --data / --features then trains")
     parser.add_argument("--eval-depth", type=int, default=5, help="draft positions measured each epoch (default 5)")
     parser.add_argument("--regenerate", action="store_true",
-                        help="replace assistant turns by the target's own greedy answers (cached)")
+                        help="replace assistant turns by the target's own greedy answers (cached; see `beagle "
+                             "regenerate` to make them once and reuse the file)")
+    parser.add_argument("--regenerate-batch-size", type=int, default=None,
+                        help="rows per generate call for --regenerate (default 256 on CUDA, 8 on CPU)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from --out/trainer_state.pt (the settings, data and target must be the saved "
                              "run's)")
@@ -84,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from beagle.models.config import DraftConfig
     from beagle.models.params import parameter_formula
     from beagle.training.trainer import TrainConfig, Trainer, setup_distributed
 
@@ -94,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         sim_steps=args.sim_steps, stage2_window=args.stage2_window, ttt_steps=args.ttt_steps,
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
-        regenerate=args.regenerate, resume=args.resume, resume_anyway=args.resume_anyway, overwrite=args.overwrite,
-        loss_chunk=args.loss_chunk, draft_vocab=args.draft_vocab, seed=args.seed,
+        regenerate=args.regenerate, regenerate_batch_size=args.regenerate_batch_size,
+        draft_kv_heads=args.draft_kv_heads, eval_data=args.eval_data, resume=args.resume,
+        resume_anyway=args.resume_anyway, overwrite=args.overwrite, loss_chunk=args.loss_chunk,
+        draft_vocab=args.draft_vocab, seed=args.seed,
         fsdp=args.fsdp, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
     ).validate()
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     # Progress messages of the trainer (epoch results, checkpoints) are worth showing on the main rank.
     logging.getLogger("beagle.training").setLevel(logging.INFO if main else logging.WARNING)
     trainer = Trainer(config)  # loads the target (sharded with --fsdp target|both) and the data
-    count = parameter_formula(DraftConfig.from_target(trainer.target.config, args.arch))
+    count = parameter_formula(trainer.draft.config)
     if main:
         print(f"{args.arch} draft for {args.target}: {count:,} parameters ({count / 1e6:.1f}M)", file=sys.stderr)
     if main and hasattr(trainer.dataset, "report"):

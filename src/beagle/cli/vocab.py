@@ -153,14 +153,15 @@ def _count(args, target):
         counts = count_assistant_tokens(dataset_sequences(dataset, range(count)), int(target.vocab_size),
                                         progress=progress, total=count)
         return counts, f"{args.features} ({count} sequences)"
-    regenerate = None
-    if args.regenerate:
-        from beagle.training.data import RegenerateSettings
+    data = args.data
+    if args.regenerate:  # the same cached file `beagle train --regenerate` makes and reads
+        from beagle.training.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
 
-        regenerate = RegenerateSettings(max_prompt_length=args.max_length)
-    examples, data_report = load_chat_examples(args.data, target.tokenizer, max_length=args.max_length,
-                                               limit=args.limit, regenerate=regenerate, target=target,
-                                               progress=progress)
+        settings = RegenerateSettings(max_length=args.max_length, limit=args.limit)
+        data = cached_regeneration(target, args.data, settings)
+        regenerate_file(target, args.data, data, settings, progress=progress)
+    examples, data_report = load_chat_examples(data, target.tokenizer, max_length=args.max_length,
+                                               limit=args.limit, progress=progress)
     counts = count_assistant_tokens(((e.input_ids, e.loss_mask) for e in examples), int(target.vocab_size),
                                     progress=progress, total=len(examples))
     label = f"{args.data}{' (regenerated answers)' if args.regenerate else ''}"

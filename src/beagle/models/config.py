@@ -51,15 +51,23 @@ class DraftConfig:
             )
 
     @classmethod
-    def from_target(cls, target_config, arch: str, fingerprint: dict | None = None) -> "DraftConfig":
-        """Mirror the target's attention shape (heads, KV heads, head dim, RoPE) and MLP width."""
+    def from_target(cls, target_config, arch: str, fingerprint: dict | None = None,
+                    num_key_value_heads: int | None = None) -> "DraftConfig":
+        """Mirror the target's attention shape (heads, KV heads, head dim, RoPE) and MLP width.
+
+        ``num_key_value_heads`` gives the draft its own number of key/value heads instead of the target's
+        (a divisor of the head count; with all heads, each value projection keeps every state dimension).
+        """
         heads = target_config.num_attention_heads
         head_dim = getattr(target_config, "head_dim", None) or target_config.hidden_size // heads
+        if num_key_value_heads is not None and (num_key_value_heads < 1 or heads % num_key_value_heads):
+            raise BeagleError(f"the draft's key/value heads ({num_key_value_heads}) must divide the target's "
+                              f"{heads} attention heads")
         return cls(
             arch=arch,
             hidden_size=target_config.hidden_size,
             num_attention_heads=heads,
-            num_key_value_heads=getattr(target_config, "num_key_value_heads", None) or heads,
+            num_key_value_heads=num_key_value_heads or getattr(target_config, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
             intermediate_size=target_config.intermediate_size,
             vocab_size=target_config.vocab_size,

@@ -1,6 +1,6 @@
 """Training data: conversations -> token ids + assistant-only loss mask.
 
-Accepted records (a JSON list or JSONL, one record per line):
+Accepted records (a JSON list or JSONL, one record per line; gzip-compressed when the name ends in .gz):
 
 - ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``
   (``user``/``assistant``/``chatgpt``/``bing``/``bard``/``model`` are accepted aliases);
@@ -22,6 +22,7 @@ Malformed records are skipped and counted by reason in a :class:`DataReport`, ne
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -122,12 +123,16 @@ def sharegpt_train_file() -> Path:
 
 
 def read_records(path: str | os.PathLike) -> Iterator[object]:
-    """Yield the raw records of a JSON list or a JSONL file. An unparsable JSONL line yields a
+    """Yield the raw records of a JSON list or a JSONL file (gzip-compressed when it ends in .gz). An unparsable JSONL line yields a
     :class:`MalformedRecord` (so it is counted), an unreadable file raises DataError."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                text = handle.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read data file {path}: {error}") from error
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -441,22 +446,12 @@ class ChatDataset(torch.utils.data.Dataset):
         path: str | os.PathLike,
         tokenizer,
         max_length: int = 2048,
-        regenerate: "RegenerateSettings | None" = None,
-        target=None,
         progress: bool = False,
     ) -> "ChatDataset":
-        """Read, validate and tokenize a data file or named data asset (optionally with target-regenerated
-        answers)."""
+        """Read, validate and tokenize a data file or named data asset."""
         path = resolve_data_path(path)
         report = DataReport()
         records = load_conversations(path, report)
-        if regenerate is not None:
-            if target is None:
-                raise DataError("regenerating answers needs the target model")
-            before = len(records)
-            records = regenerate_answers(target, records, path, regenerate, progress=progress)
-            for _ in range(before - len(records)):
-                report.skip("empty_regenerated_answer")
         examples = encode_conversations(records, tokenizer, max_length, report, progress=progress)
         logger.info("%s: %s", path, report.summary())
         if not examples:
@@ -539,172 +534,3 @@ def collate(items: Sequence[dict[str, torch.Tensor]], pad_id: int = 0) -> dict[s
             padded[row, : lengths[row]] = item["states"]
         out["states"] = padded
     return out
-
-
-# --------------------------------------------------------------------------- regeneration
-
-
-@dataclass
-class RegenerateSettings:
-    """Replace assistant turns by the target's own answers (greedy when temperature is 0)."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batch_size: int = 16
-    seed: int = 0
-    max_prompt_length: int = 2048
-    cache_dir: str | None = None
-
-    def key(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("batch_size", "cache_dir")}
-
-
-def regenerate_answers(target, records, data_path, settings: RegenerateSettings, progress: bool = False):
-    """Records with every assistant turn replaced by the target's answer given the conversation so far
-    (earlier turns already regenerated). Pre-tokenized records pass through unchanged.
-
-    Cached in ``<cache_dir>/regenerated-<hash>.jsonl`` keyed by (target fingerprint, data file
-    content, chat template, settings); an interrupted run resumes from ``.partial``. A conversation
-    whose answer comes back empty (or whose prompt outgrows ``max_prompt_length``) is cut before
-    that turn; with no answer left it is dropped.
-    """
-    cache = _regeneration_cache_path(target, data_path, settings)
-    if cache.is_file():
-        logger.info("using regenerated answers from %s", cache)
-        return _read_regenerated(cache)
-    partial = cache.with_suffix(".jsonl.partial")
-    done = set()
-    if partial.is_file():
-        _drop_cut_line(partial)
-        done = {index for index, _ in _read_regenerated(partial)}
-    todo = [(index, record) for index, record in records if index not in done]
-    chunk_size = max(1, settings.batch_size) * 4
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="regenerating", unit="conv")
-    with partial.open("a", encoding="utf-8") as sink:
-        for chunk_start in range(0, len(todo), chunk_size):
-            chunk = todo[chunk_start : chunk_start + chunk_size]
-            torch.manual_seed(settings.seed + chunk[0][0])
-            for index, messages in _regenerate_chunk(target, chunk, settings):
-                sink.write(json.dumps({"index": index, "messages": messages}) + "\n")
-            sink.flush()
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    os.replace(partial, cache)
-    return _read_regenerated(cache)
-
-
-def _regenerate_chunk(target, chunk, settings: RegenerateSettings) -> list[tuple[int, object]]:
-    conversations = {index: list(record) if isinstance(record, list) else record for index, record in chunk}
-    results: dict[int, object] = {}
-    live: dict[int, list[dict]] = {}
-    built: dict[int, list[dict]] = {}
-    for index, record in conversations.items():
-        if isinstance(record, dict):
-            results[index] = record
-        else:
-            live[index], built[index] = record, []
-    while live:
-        prompts = []  # (index, messages before the next assistant turn)
-        for index, remaining in list(live.items()):
-            while remaining and remaining[0]["role"] != "assistant":
-                built[index].append(remaining.pop(0))
-            if not remaining:
-                del live[index]
-                continue
-            prompts.append(index)
-        answers = _generate_answers(target, [built[i] for i in prompts], settings)
-        for index, answer in zip(prompts, answers):
-            live[index].pop(0)
-            if answer is None or not answer.strip():
-                del live[index]
-                continue
-            built[index].append({"role": "assistant", "content": answer})
-    for index, messages in built.items():
-        while messages and messages[-1]["role"] != "assistant":
-            messages.pop()
-        if messages:
-            results[index] = messages
-    return sorted(results.items())
-
-
-@torch.no_grad()
-def _generate_answers(target, conversations: list[list[dict]], settings: RegenerateSettings) -> list[str | None]:
-    tokenizer = target.tokenizer
-    answers: list[str | None] = [None] * len(conversations)
-    prompts = []
-    for number, messages in enumerate(conversations):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) + 1 < settings.max_prompt_length:
-            prompts.append((number, ids))
-    eos = sorted(target.eos_token_ids())
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    for start in range(0, len(prompts), settings.batch_size):
-        group = prompts[start : start + settings.batch_size]
-        width = max(len(ids) for _, ids in group)
-        input_ids = torch.full((len(group), width), pad, dtype=torch.long)
-        attention = torch.zeros(len(group), width, dtype=torch.long)
-        for row, (_, ids) in enumerate(group):  # left padding
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        sampling = settings.temperature > 0
-        output = target.model.generate(
-            input_ids=input_ids.to(target.device),
-            attention_mask=attention.to(target.device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=sampling,
-            temperature=settings.temperature if sampling else None,
-            top_p=settings.top_p if sampling else None,
-            top_k=None,
-            eos_token_id=eos or None,
-            pad_token_id=pad,
-        )
-        for row, (number, _) in enumerate(group):
-            answers[number] = tokenizer.decode(output[row, width:], skip_special_tokens=True).strip()
-    return answers
-
-
-def _regeneration_cache_path(target, data_path, settings: RegenerateSettings) -> Path:
-    digest = hashlib.sha256()
-    with open(data_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    key = {
-        "target": target.fingerprint(),
-        "data": digest.hexdigest(),
-        "chat_template": str(getattr(target.tokenizer, "chat_template", "")),
-        "settings": settings.key(),
-    }
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    from beagle.assets.pypi import cache_root
-
-    directory = cache_root(settings.cache_dir) / "regenerated"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory / f"regenerated-{name}.jsonl"
-
-
-def _read_regenerated(path: Path) -> list[tuple[int, object]]:
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interruption
-                continue
-            records.append((int(entry["index"]), entry["messages"]))
-    return records
-
-
-def _drop_cut_line(path: Path) -> None:
-    """Truncate a partial JSONL after its last complete line (an interrupted write leaves a cut one)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)

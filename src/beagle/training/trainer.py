@@ -11,7 +11,8 @@ Beagle trains ``epochs_stage1`` epochs of L_early (inverse block mask) then ``ep
 the stage-2 simulation; EAGLE-2 trains the same number of epochs with its own loss (or TTT).
 Randomness that touches training (noise, window offsets) is drawn per sequence from
 (seed, step, sequence index), so results do not depend on the batch split, the number of ranks or
-on resuming. After each epoch: held-out evaluation (simulated acceptance, τ) and an atomic checkpoint:
+on resuming. After each epoch (and where --max-steps stops a run): held-out evaluation (simulated
+acceptance, τ; on a split of the data or on ``eval_data``) and an atomic checkpoint:
 ``out/config.json`` + ``out/model.safetensors`` (the draft) and ``out/trainer_state.pt``.
 
 The output folder is guarded (:func:`prepare_output_folder`): a run never writes over another one
@@ -113,7 +114,9 @@ class TrainConfig:
     eval_depth: int = 5  # draft positions measured by the held-out acceptance
     regenerate: bool = False  # replace assistant turns by the target's own greedy answers
     regenerate_max_new_tokens: int = 1024
-    regenerate_batch_size: int = 16
+    regenerate_batch_size: int | None = None  # rows per generate call (None: 256 on CUDA, 8 on CPU)
+    draft_kv_heads: int | None = None  # the draft's key/value heads (None: the target's)
+    eval_data: str | None = None  # held-out data (conversations or a datagen folder) instead of a split
     resume: bool = False
     resume_anyway: bool = False  # resume even when the data, settings or target differ from the saved run
     overwrite: bool = False  # replace the run already in `out` (its draft, trainer state and logs)
@@ -144,12 +147,16 @@ class TrainConfig:
             raise BeagleError("nothing to train: --epochs-stage1 + --epochs-stage2 is 0")
         if self.batch_size <= 0 or (self.micro_batch_size is not None and self.micro_batch_size <= 0):
             raise BeagleError("batch sizes must be positive")
+        if self.epochs_stage1 < 0 or self.epochs_stage2 < 0:
+            raise BeagleError("--epochs-stage1 and --epochs-stage2 cannot be negative")
         if self.window < 1 or self.sim_steps < 1:
             raise BeagleError("--window and --sim-steps must be at least 1")
         if self.stage2_window is not None and self.stage2_window < self.sim_steps:
             raise BeagleError("the stage-2 window must be at least --sim-steps")
         if self.ttt_steps > 1 and self.arch != "eagle2":
             raise BeagleError("--ttt-steps applies to --arch eagle2 only (Beagle uses --sim-steps)")
+        if self.draft_kv_heads is not None and self.draft_kv_heads < 1:
+            raise BeagleError(f"--draft-kv-heads must be at least 1 (got {self.draft_kv_heads})")
         if self.features is not None and self.regenerate:
             raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
         check_fsdp_mode(self.fsdp)
@@ -299,25 +306,42 @@ def _same_setting(saved, current) -> bool:
 
 
 def _load_dataset(config: TrainConfig, target, dist: Distributed):
-    from beagle.training.data import ChatDataset, RegenerateSettings
-    from beagle.training.features import FeatureDataset
+    from beagle.training.data import ChatDataset
 
     if config.features is not None:
-        dataset = FeatureDataset(config.features)
-        dataset.check_target(target.fingerprint(), target.weights_fingerprint())
-        return dataset
-    regenerate = None
-    if config.regenerate:
-        regenerate = RegenerateSettings(max_new_tokens=config.regenerate_max_new_tokens,
-                                        batch_size=config.regenerate_batch_size, seed=config.seed,
-                                        max_prompt_length=config.max_length)
-    if regenerate is not None and not dist.is_main:
-        dist.barrier()  # rank 0 regenerates (and caches) first
-    dataset = ChatDataset.from_file(config.data, target.tokenizer, config.max_length, regenerate, target,
-                                    progress=config.progress and dist.is_main)
-    if regenerate is not None and dist.is_main:
-        dist.barrier()
+        return _feature_dataset(config.features, target)
+    data = _regenerated(config, target, dist) if config.regenerate else config.data
+    return ChatDataset.from_file(data, target.tokenizer, config.max_length, progress=config.progress and dist.is_main)
+
+
+def _feature_dataset(folder, target):
+    from beagle.training.features import FeatureDataset
+
+    dataset = FeatureDataset(folder)
+    dataset.check_target(target.fingerprint(), target.weights_fingerprint())
     return dataset
+
+
+def _regenerated(config: TrainConfig, target, dist: Distributed) -> Path:
+    """The cached target-regenerated copy of ``config.data`` (made now when missing; every rank takes a shard)."""
+    from beagle.training.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
+
+    settings = RegenerateSettings(max_new_tokens=config.regenerate_max_new_tokens, max_length=config.max_length,
+                                  batch_size=config.regenerate_batch_size)
+    path = cached_regeneration(target, config.data, settings)
+    report = regenerate_file(target, config.data, path, settings, dist, progress=config.progress and dist.is_main)
+    if report.existed:
+        logger.info("using regenerated answers from %s", path)
+    return path
+
+
+def _eval_dataset(config: TrainConfig, target):
+    """--eval-data: a `beagle datagen` folder or a conversations file (tokenized like the training data)."""
+    from beagle.training.data import ChatDataset
+
+    if Path(config.eval_data).is_dir():
+        return _feature_dataset(config.eval_data, target)
+    return ChatDataset.from_file(config.eval_data, target.tokenizer, config.max_length)
 
 
 def split_heldout(size: int, config: TrainConfig) -> tuple[list[int], list[int]]:
@@ -389,9 +413,16 @@ class Trainer:
         self.target = target
         self.dataset = _load_dataset(config, target, self.dist)
         self._data_digest: str | None = None
+        if config.eval_data is not None:  # a separate held-out set: all of the training data trains
+            self.eval_dataset = _eval_dataset(config, target)
+            count = len(self.eval_dataset) if config.heldout_count is None else config.heldout_count
+            self.train_indices = list(range(len(self.dataset)))
+            self.heldout_indices = list(range(min(count, len(self.eval_dataset))))
+        else:
+            self.eval_dataset = self.dataset
+            self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
         if config.shards_target:
             shard_target(target, self.mesh, self.device)
-        self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
         if len(self.train_indices) < config.batch_size:
             raise BeagleError(f"only {len(self.train_indices)} training sequences for a batch of {config.batch_size}")
         self.batches = ShuffledBatches(self.train_indices, config.batch_size, config.seed)
@@ -399,7 +430,7 @@ class Trainer:
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.draft = build_draft(target, config.arch).to(self.device).train()
+        self.draft = build_draft(target, config.arch, config.draft_kv_heads).to(self.device).train()
         if config.draft_vocab is not None:
             self.draft.set_vocab(self._draft_vocab())
         if config.shards_draft:
@@ -578,7 +609,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict:
-        """Held-out simulated acceptance by draft position, τ, and the current objective's loss (no noise)."""
+        """Held-out simulated acceptance by draft position, τ, and the current objective's loss (no noise),
+        on the held-out split (or --eval-data)."""
         from beagle.training.objectives import make_objective, simulated_acceptance, simulated_tau
 
         if not self.heldout_indices:
@@ -592,7 +624,7 @@ class Trainer:
         loss_sum, loss_weight = 0.0, 0.0
         for start in range(0, len(self.heldout_indices), self.micro_batch):
             indices = self.heldout_indices[start : start + self.micro_batch]
-            batch = _make_batch(self.dataset, indices, 0, self.config.seed, self.pad_id)
+            batch = _make_batch(self.eval_dataset, indices, 0, self.config.seed, self.pad_id)
             counts = objective.counts(batch).double()
             batch = _with_states(batch, self.target, self.device)
             output = objective(self.draft, batch, counts, backward=False)
@@ -623,6 +655,7 @@ class Trainer:
             "stage2_window": config.stage2_window or config.sim_steps, "ttt_steps": config.ttt_steps,
             "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "max_length": config.max_length,
             "data": config.data, "features": config.features, "draft_vocab": config.draft_vocab,
+            "regenerate": config.regenerate, "eval_data": config.eval_data, "draft_kv_heads": config.draft_kv_heads,
             "eval": self.progress.history[-1] if self.progress.history else None,
             "history": self.progress.history,
         }
@@ -676,7 +709,7 @@ class Trainer:
         if not result:
             return
         rates = ", ".join(f"{rate:.3f}" for rate in result["acceptance"])
-        logger.info("epoch %d: held-out loss %.4f, acceptance [%s], simulated tau %.3f", result["epoch"],
+        logger.info("epoch %g: held-out loss %.4f, acceptance [%s], simulated tau %.3f", result["epoch"],
                     result["loss"], rates, result["tau"])
         if self.writer is not None:
             for number, rate in enumerate(result["acceptance"], start=1):
@@ -744,17 +777,27 @@ class Trainer:
                 if not math.isfinite(metrics["loss"]):
                     raise BeagleError(f"the loss became {metrics['loss']} at step {progress.step}; lower --lr")
                 if self._done() and progress.position < steps_per_epoch:
-                    self.save()  # stopped mid-epoch (--max-steps)
+                    # stopped mid-epoch (--max-steps): evaluate the checkpoint it leaves too
+                    self._evaluate_into_history(epoch, fraction=progress.position / steps_per_epoch)
+                    self.save()
                     return
             progress.epoch, progress.position = epoch + 1, 0
-            # Sharded modules need every rank in each forward: then all ranks evaluate (rank 0 keeps it).
-            if self.dist.is_main or config.fsdp != "none":
-                result = self.evaluate(epoch)
-                if result and self.dist.is_main:
-                    progress.history.append(result)
-                    self._log_eval(result)
+            self._evaluate_into_history(epoch)
             self.save()
             self.dist.barrier()
+
+    def _evaluate_into_history(self, epoch: int, fraction: float | None = None) -> None:
+        """Evaluate after (``fraction`` of) 0-based ``epoch``; rank 0 logs it and records it in the history."""
+        # Sharded modules need every rank in each forward: then all ranks evaluate (rank 0 keeps it).
+        if not (self.dist.is_main or self.config.fsdp != "none"):
+            return
+        result = self.evaluate(epoch)
+        if result and self.dist.is_main:
+            if fraction is not None:
+                result["epoch"] = round(epoch + fraction, 3)
+                result["partial_epoch"] = True
+            self.progress.history.append(result)
+            self._log_eval(result)
 
 
 def train(config: TrainConfig, target=None) -> Path:

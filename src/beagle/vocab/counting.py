@@ -69,19 +69,14 @@ def dataset_sequences(dataset, indices: Sequence[int] | None = None) -> Iterator
             yield item["input_ids"], item["loss_mask"]
 
 
-def load_chat_examples(data, tokenizer, *, max_length: int = 2048, limit: int | None = None, regenerate=None,
-                       target=None, progress: bool = False):
+def load_chat_examples(data, tokenizer, *, max_length: int = 2048, limit: int | None = None,
+                       progress: bool = False):
     """Read and tokenize a data file or asset the way training does -> (examples, DataReport).
 
-    limit: the first ``limit`` usable records only; regenerate: RegenerateSettings (needs ``target``).
+    limit: the first ``limit`` usable records only. Regenerated answers are a file of their own
+    (:func:`beagle.training.regenerate.regenerate_file`), read here like any other.
     """
-    from beagle.training.data import (
-        DataReport,
-        encode_conversations,
-        load_conversations,
-        regenerate_answers,
-        resolve_data_path,
-    )
+    from beagle.training.data import DataReport, encode_conversations, load_conversations, resolve_data_path
 
     path = resolve_data_path(data)
     report = DataReport()
@@ -90,11 +85,6 @@ def load_chat_examples(data, tokenizer, *, max_length: int = 2048, limit: int | 
         if limit < 1:
             raise BeagleError(f"--limit must be at least 1, got {limit}")
         records = records[:limit]
-    if regenerate is not None:
-        before = len(records)
-        records = regenerate_answers(target, records, path, regenerate, progress=progress)
-        for _ in range(before - len(records)):
-            report.skip("empty_regenerated_answer")
     examples = encode_conversations(records, tokenizer, max_length, report, progress=progress)
     if not examples:
         raise DataError(f"no usable records in {path} ({report.summary()})")

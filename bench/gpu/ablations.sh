@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# GPU call (after stage_c.sh, in the same command; about 9 minutes on one H200): the ablations of issue #14
+# "Drafts that match their target", one table, every run on equal terms.
+#
+#  1. regenerate (`beagle regenerate`, bf16): the first HELDOUT of the staged held-out ShareGPT conversations,
+#     then the TRAIN training ones; answers of at most REGEN_TOKENS tokens, the first REGEN_TURNS assistant turns,
+#     conversations up to MAXLEN tokens, REGEN_BATCH rows refilled every 64 tokens; no new conversation after
+#     REGEN_BUDGET s (the held-out ones come first, so only training ones can be left out) -> $WORK/regenerated.jsonl
+#  2. target features once (`beagle datagen`, 3 processes at once): the regenerated training conversations, the
+#     same conversations with ShareGPT's answers (the fixed data), the regenerated held-out conversations
+#  3. train VARIANTS side by side, one process each (see bench/gpu/ablations.py VARIANTS), all with MAX_STEPS steps
+#     of TRAIN_BATCH sequences, lr LR after WARMUP steps, seed 0, MAXLEN tokens, evaluated after every epoch and at
+#     MAX_STEPS on the same regenerated held-out conversations (--eval-data); at most LIMIT s per process (a run cut
+#     by it keeps its last epoch's checkpoint; the table marks it incomplete). Base run `beagle`: regenerated data,
+#     stage 1 for EPOCHS1 epochs then stage 2 (window 5, sim-steps 4), the target's KV heads.
+#  4. $OUT/ablations.{json,md}; the best Beagle run and the EAGLE-2 run as bf16 drafts in $OUT/{beagle,eagle2}/;
+#     $OUT/regenerated.jsonl.gz (also kept in $WORK for later calls while the machine stays warm); $OUT/logs.tar.gz
+#     (logs, the regeneration report, each run's config.json with its evaluation history, GPU samples).
+#
+# CPU smoke test (tests/test_gpu_recipes.py): TARGET=<tiny chat model folder> SOURCE=<tiny .jsonl.gz> TRAIN=12
+#   HELDOUT=3 MAXLEN=64 REGEN_BATCH=4 REGEN_TOKENS=6 MAX_STEPS=8 TRAIN_BATCH=2 WARMUP=1 KV_ALL=4 DEVICE=cpu OUT=... WORK=...
+set -uo pipefail
+: "${OUT:?set OUT to the folder that comes back}"
+export BEAGLE_CACHE=${BEAGLE_CACHE:-/tmp/beagle-cache} PYTHONPATH=src PYTHONUNBUFFERED=1
+TARGET=${TARGET:-smollm2} SOURCE=${SOURCE:-/tmp/beagle-stage/sharegpt.jsonl.gz} WORK=${WORK:-/tmp/beagle-ablations}
+TRAIN=${TRAIN:-6000} HELDOUT=${HELDOUT:-256} MAXLEN=${MAXLEN:-1024}
+REGEN_BATCH=${REGEN_BATCH:-512} REGEN_TOKENS=${REGEN_TOKENS:-256} REGEN_TURNS=${REGEN_TURNS:-2}
+REGEN_BUDGET=${REGEN_BUDGET:-150}
+MAX_STEPS=${MAX_STEPS:-600} EPOCHS1=${EPOCHS1:-1} EPOCHS2=${EPOCHS2:-9} TRAIN_BATCH=${TRAIN_BATCH:-16}
+LR=${LR:-5e-4} WARMUP=${WARMUP:-100} LIMIT=${LIMIT:-240} KV_ALL=${KV_ALL:-9}
+VARIANTS=${VARIANTS:-beagle beagle-fixed beagle-stage1 beagle-window3 beagle-sim5 beagle-kv eagle2}
+device=(); [ -n "${DEVICE:-}" ] && device=(--device "$DEVICE")
+start=$(date +%s)
+stamp() { echo "== $1 at $(date -u +%H:%M:%S), +$(( $(date +%s) - start )) s"; }
+mkdir -p "$WORK/logs" "$OUT"
+beagle() { python3 -m beagle.cli.main "$@"; }
+
+stamp "1. regenerate"
+if [ ! -f "$WORK/conversations.jsonl" ]; then
+    python3 bench/gpu/ablations.py prepare "$SOURCE" "$TRAIN" "$HELDOUT" "$WORK" || exit 3
+fi
+beagle regenerate --target "$TARGET" --data "$WORK/conversations.jsonl" --out "$WORK/regenerated.jsonl" \
+    --batch-size "$REGEN_BATCH" --max-new-tokens "$REGEN_TOKENS" --max-turns "$REGEN_TURNS" --max-length "$MAXLEN" \
+    --time-budget "$REGEN_BUDGET" --report "$WORK/regenerate-report.json" --no-progress "${device[@]}" \
+    2>&1 | tee "$WORK/logs/regenerate.log" || exit 4
+
+stamp "2. features"
+python3 bench/gpu/ablations.py split "$WORK" || exit 5
+pids=()
+for set in regen-train fixed-train regen-heldout; do
+    beagle datagen --target "$TARGET" --data "$WORK/$set.jsonl" --out "$WORK/features/$set" --max-length "$MAXLEN" \
+        --batch-tokens 65536 --no-progress "${device[@]}" > "$WORK/logs/datagen-$set.log" 2>&1 &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || { tail -5 "$WORK"/logs/datagen-*.log; exit 6; }; done
+tail -n 3 "$WORK"/logs/datagen-*.log
+
+stamp "3. train: $VARIANTS"
+rm -rf "$WORK/runs" "$WORK/status.txt"
+regen=$WORK/features/regen-train fixed=$WORK/features/fixed-train
+epochs=(--epochs-stage1 "$EPOCHS1" --epochs-stage2 "$EPOCHS2")
+common=(--target "$TARGET" --max-length "$MAXLEN" --batch-size "$TRAIN_BATCH" --lr "$LR" --warmup "$WARMUP" --seed 0
+        --max-steps "$MAX_STEPS" --eval-data "$WORK/features/regen-heldout" --no-progress --no-tensorboard
+        "${device[@]}")
+pids=()
+for name in $VARIANTS; do
+    case $name in
+        beagle) args=(--arch beagle --features "$regen" "${epochs[@]}") ;;
+        beagle-fixed) args=(--arch beagle --features "$fixed" "${epochs[@]}") ;;
+        beagle-stage1) args=(--arch beagle --features "$regen" --epochs-stage1 $((EPOCHS1 + EPOCHS2)) --epochs-stage2 0) ;;
+        beagle-window3) args=(--arch beagle --features "$regen" "${epochs[@]}" --window 3) ;;
+        beagle-sim5) args=(--arch beagle --features "$regen" "${epochs[@]}" --sim-steps 5) ;;
+        beagle-kv) args=(--arch beagle --features "$regen" "${epochs[@]}" --draft-kv-heads "$KV_ALL") ;;
+        eagle2) args=(--arch eagle2 --features "$regen" "${epochs[@]}") ;;
+        eagle2-fixed) args=(--arch eagle2 --features "$fixed" "${epochs[@]}") ;;
+        *) echo "unknown variant $name (see bench/gpu/ablations.py VARIANTS)" >&2; exit 2 ;;
+    esac
+    (
+        begun=$(date +%s)
+        OMP_NUM_THREADS=2 timeout "$LIMIT" python3 -m beagle.cli.main train "${common[@]}" "${args[@]}" \
+            --out "$WORK/runs/$name" > "$WORK/logs/train-$name.log" 2>&1
+        echo "$name $? $(( $(date +%s) - begun ))" >> "$WORK/status.txt"
+    ) &
+    pids+=($!)
+done
+if command -v nvidia-smi > /dev/null; then
+    (while sleep 20; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done) \
+        > "$WORK/logs/gpu.log" 2>&1 &
+    sampler=$!
+fi
+for pid in "${pids[@]}"; do wait "$pid"; done
+[ -n "${sampler:-}" ] && kill "$sampler" 2> /dev/null
+cat "$WORK/status.txt"
+
+stamp "4. summary"
+python3 bench/gpu/ablations.py summarize "$WORK" "$MAX_STEPS" "$OUT"
+python3 bench/gpu/ablations.py export "$WORK" "$MAX_STEPS" "$OUT"
+gzip -c "$WORK/regenerated.jsonl" > "$OUT/regenerated.jsonl.gz"
+if [ "$(stat -c %s "$OUT/regenerated.jsonl.gz")" -gt $((16 * 1024 * 1024)) ]; then
+    echo "regenerated.jsonl.gz is over 16 MiB: not returned (kept in $WORK)"
+    rm "$OUT/regenerated.jsonl.gz"
+fi
+(cd "$WORK" && tar -czf "$OUT/logs.tar.gz" logs status.txt sources.json regenerate-report.json runs/*/config.json \
+    features/*/manifest.json)
+ls -la "$OUT" "$OUT"/*/
+stamp "done"
