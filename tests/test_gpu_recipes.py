@@ -43,17 +43,28 @@ def test_multi_gpu_train_tiny(tmp_path):
     assert max(row["max_weight_diff_vs_single"] for row in rows) < 1e-5
 
 
-def test_ablations_recipe_tiny(tmp_path):
-    """bench/gpu/ablations.sh end to end on a tiny chat model: regenerate, features, 7 runs side by side (stage 2
-    reached: 6 steps per epoch, 8 steps), the table, the exported drafts, at most 8 files of at most 2 folders."""
+def test_ablations_and_retrain_recipes_tiny(tmp_path):
+    """bench/gpu/ablations.sh end to end on a tiny chat model: regenerate, features, 9 runs side by side (stage 2
+    reached: 6 steps per epoch, 8 steps; two fine-tune drafts of that model), the table, the exported drafts, at most
+    8 files of at most 2 folders; then bench/gpu/retrain.sh trains the best recipe of each architecture longer."""
     import gzip
 
+    import torch
+
+    from beagle.models.checkpoint import build_draft, save_draft
+    from beagle.target.model import load_target
     from test_training_support import conversations, tiny_model, tiny_tokenizer
 
     target = tmp_path / "target"
     tokenizer = tiny_tokenizer()
     tiny_model(len(tokenizer), seed=0, initializer_range=0.1).save_pretrained(target)
     tokenizer.save_pretrained(target)
+    loaded = load_target(str(target), dtype=torch.float32, device="cpu")
+    inits = {}
+    for arch in ("beagle", "eagle2"):  # stand-ins for the shipped drafts the fine-tune runs start from
+        torch.manual_seed(5)
+        inits[arch] = tmp_path / f"init-{arch}"
+        save_draft(build_draft(loaded, arch), inits[arch])
     source = tmp_path / "source.jsonl.gz"
     with gzip.open(source, "wt") as handle:  # 12 "training" conversations, then 3 "held-out" ones
         handle.writelines(json.dumps(record) + "\n" for record in conversations(15, seed=3, turns=3))
@@ -61,7 +72,8 @@ def test_ablations_recipe_tiny(tmp_path):
     env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "TARGET": str(target),
            "SOURCE": str(source), "TRAIN": "12", "HELDOUT": "3", "MAXLEN": "64", "REGEN_BATCH": "4",
            "REGEN_TOKENS": "6", "MAX_STEPS": "8", "TRAIN_BATCH": "2", "WARMUP": "1", "KV_ALL": "4", "DEVICE": "cpu",
-           "LIMIT": "500", "PYTHONPATH": str(ROOT / "src")}
+           "LIMIT": "500", "PYTHONPATH": str(ROOT / "src"), "INIT_BEAGLE": str(inits["beagle"]),
+           "INIT_EAGLE2": str(inits["eagle2"])}
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "ablations.sh")], capture_output=True, text=True,
                             timeout=900, env=env, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -71,13 +83,30 @@ def test_ablations_recipe_tiny(tmp_path):
     summary = json.loads((out / "ablations.json").read_text())
     runs = {row["run"]: row for row in summary["runs"]}
     assert set(runs) == {"beagle", "beagle-fixed", "beagle-stage1", "beagle-window3", "beagle-sim5", "beagle-kv",
-                         "eagle2"}
+                         "eagle2", "beagle-ft", "eagle2-ft"}
     assert all(row["complete"] and row["exit"] == 0 and row["step"] == 8 for row in runs.values())
     assert [entry["stage"] for entry in runs["beagle"]["history"]] == [1, 2]
     assert [entry["stage"] for entry in runs["beagle-stage1"]["history"]] == [1, 1]
-    assert len(summary["pairs"]) == 6 and summary["regenerate"]["written"] == 15
-    exported = json.loads((out / "beagle" / "config.json").read_text())
-    assert exported["training"]["ablation_run"] in runs and exported["arch"] == "beagle"
-    assert json.loads((out / "eagle2" / "config.json").read_text())["training"]["ablation_run"] == "eagle2"
+    assert len(summary["pairs"]) == 9 and summary["regenerate"]["written"] == 15
+    work = tmp_path / "work"
+    for arch in ("beagle", "eagle2"):
+        exported = json.loads((out / arch / "config.json").read_text())
+        assert exported["training"]["ablation_run"] in runs and exported["arch"] == arch
+        assert json.loads((work / "runs" / f"{arch}-ft" / "config.json").read_text())["training"]["init_draft"] == \
+            str(inits[arch])
     with gzip.open(out / "regenerated.jsonl.gz", "rt") as handle:
         assert len(handle.read().splitlines()) == 15
+
+    final = tmp_path / "final"
+    env = {**env, "OUT": str(final), "STEPS": "4", "ABLATION_STEPS": "8"}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "retrain.sh")], capture_output=True, text=True,
+                            timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    best = {row["arch"]: max((r for r in runs.values() if r["arch"] == row["arch"]), key=lambda r: r["tau"])["run"]
+            for row in runs.values()}
+    for arch in ("beagle", "eagle2"):
+        config = json.loads((final / f"smollm2-{arch}" / "config.json").read_text())
+        assert config["arch"] == arch and config["training"]["recipe"] == best[arch]
+        assert config["training"]["step"] == 4 and config["training"]["history"][-1]["step"] == 4
+    assert "| beagle | " + best["beagle"] + " | 4 |" in (final / "retrain.md").read_text()
+    assert (final / "retrain-logs.tar.gz").is_file()

@@ -132,3 +132,28 @@ def test_shipped_checkpoints_without_the_new_fields_still_load(tmp_path, name):
     old = load_draft(folder)
     for key, value in loaded.state_dict().items():
         assert torch.equal(old.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("arch", ["beagle", "eagle2"])
+def test_init_draft_continues_from_a_drafts_weights(tmp_path, target, data, arch):
+    first = train(config_for(tmp_path / "first", data, arch=arch, draft_kv_heads=4, max_steps=2), target=target)
+    start = load_draft(first, target)
+    # lr 0: the weights cannot move, so the result is the starting draft itself (not a fresh initialisation)
+    again = train(config_for(tmp_path / "again", data, arch=arch, init_draft=str(first), lr=0.0, max_steps=1),
+                  target=target)
+    continued = load_draft(again, target)
+    assert continued.config.num_key_value_heads == 4  # the starting draft's shape, not the target's GQA
+    assert continued.config.training["init_draft"] == str(first)
+    for (name, value), (_, expected) in zip(continued.state_dict().items(), start.state_dict().items()):
+        assert torch.equal(value, expected), name
+    fresh = load_draft(train(config_for(tmp_path / "fresh", data, arch=arch, draft_kv_heads=4, lr=0.0, max_steps=1,
+                                        seed=99), target=target), target)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), start.state_dict().values()))
+
+
+def test_init_draft_must_match_the_arch_and_brings_its_heads(tmp_path, target, data):
+    first = train(config_for(tmp_path / "first", data, arch="beagle", max_steps=1), target=target)
+    with pytest.raises(BeagleError, match="holds an --arch beagle draft, not eagle2; pass --arch beagle"):
+        Trainer(config_for(tmp_path / "other", data, arch="eagle2", init_draft=str(first)), target=target)
+    with pytest.raises(BeagleError, match="drop --draft-kv-heads"):
+        config_for("x", data, init_draft=str(first), draft_kv_heads=4).validate()

@@ -5,6 +5,7 @@ runs, export the chosen drafts.
     python bench/gpu/ablations.py split WORK                           # WORK/{regen-train,regen-heldout,fixed-train}.jsonl
     python bench/gpu/ablations.py summarize WORK MAX_STEPS OUT         # OUT/ablations.{json,md}
     python bench/gpu/ablations.py export WORK MAX_STEPS OUT            # OUT/{beagle,eagle2}/ (bf16)
+    python bench/gpu/ablations.py best WORK MAX_STEPS ARCH             # the best run of ARCH
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ VARIANTS = {
     "beagle-kv": ("beagle", "regenerated", "--draft-kv-heads = all heads (values keep every state dim)"),
     "eagle2": ("eagle2", "regenerated", "EAGLE-2 on the regenerated data"),
     "eagle2-fixed": ("eagle2", "fixed", "EAGLE-2 on ShareGPT's answers"),
+    "beagle-ft": ("beagle", "regenerated", "the shipped Beagle draft fine-tuned (--init-draft, lr LR_FT)"),
+    "eagle2-ft": ("eagle2", "regenerated", "the shipped EAGLE-2 draft fine-tuned (--init-draft, lr LR_FT)"),
 }
 PAIRS = [  # (question, run, reference)
     ("regenerated vs fixed data (Beagle)", "beagle", "beagle-fixed"),
@@ -33,6 +36,9 @@ PAIRS = [  # (question, run, reference)
     ("all KV heads vs the target's", "beagle-kv", "beagle"),
     ("EAGLE-2 vs Beagle (regenerated)", "eagle2", "beagle"),
     ("regenerated vs fixed data (EAGLE-2)", "eagle2", "eagle2-fixed"),
+    ("fine-tuned shipped vs from scratch (Beagle)", "beagle-ft", "beagle"),
+    ("fine-tuned shipped vs from scratch (EAGLE-2)", "eagle2-ft", "eagle2"),
+    ("EAGLE-2 vs Beagle (fine-tuned)", "eagle2-ft", "beagle-ft"),
 ]
 
 
@@ -158,29 +164,41 @@ def summarize(work: str, max_steps: str, out: str) -> None:
     print("\n".join(lines))
 
 
-def export(work: str, max_steps: str, out: str) -> None:
-    """The best Beagle run (highest final τ_sim; complete runs first) and the regenerated-data EAGLE-2 as bf16."""
+def best_runs(work_dir: Path, max_steps: int) -> dict[str, str]:
+    """arch -> the run of that arch with the highest final τ_sim (complete runs first)."""
+    rows = [row for row in load_runs(work_dir, max_steps) if row.get("tau") is not None]
+    chosen = {}
+    for arch in ("beagle", "eagle2"):
+        mine = [row for row in rows if row["arch"] == arch]
+        mine = [row for row in mine if row["complete"]] or mine
+        if mine:
+            chosen[arch] = max(mine, key=lambda row: row["tau"])["run"]
+    return chosen
+
+
+def best(work: str, max_steps: str, arch: str) -> None:
+    """Print the best run of ``arch`` (bench/gpu/retrain.sh trains its recipe longer)."""
+    chosen = best_runs(Path(work), int(max_steps))
+    if arch not in chosen:
+        raise SystemExit(f"no finished {arch} run in {work}/runs")
+    print(chosen[arch])
+
+
+def export(work: str, max_steps: str, out: str, runs: str = "runs") -> None:
+    """The best Beagle run and the best EAGLE-2 run (highest final τ_sim; complete runs first) as bf16."""
     import torch
 
     from beagle.models.checkpoint import load_draft, save_draft
 
     work_dir, out_dir = Path(work), Path(out)
-    rows = [row for row in load_runs(work_dir, int(max_steps)) if row.get("tau") is not None]
-    beagles = [row for row in rows if row["arch"] == "beagle" and row["complete"]] or \
-              [row for row in rows if row["arch"] == "beagle"]
-    chosen = {}
-    if beagles:
-        chosen["beagle"] = max(beagles, key=lambda row: row["tau"])["run"]
-    if any(row["run"] == "eagle2" for row in rows):
-        chosen["eagle2"] = "eagle2"
-    for folder, run in chosen.items():
-        draft = load_draft(work_dir / "runs" / run, dtype=torch.float32)
+    for folder, run in best_runs(work_dir, int(max_steps)).items():
+        draft = load_draft(work_dir / runs / run, dtype=torch.float32)
         save_draft(draft, out_dir / folder, extra={"ablation_run": run}, dtype=torch.bfloat16)
         print(f"{run} -> {out_dir / folder} (bf16)")
 
 
 if __name__ == "__main__":
-    commands = {"prepare": prepare, "split": split, "summarize": summarize, "export": export}
+    commands = {"prepare": prepare, "split": split, "summarize": summarize, "export": export, "best": best}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

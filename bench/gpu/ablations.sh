@@ -13,6 +13,8 @@
 #     MAX_STEPS on the same regenerated held-out conversations (--eval-data); at most LIMIT s per process (a run cut
 #     by it keeps its last epoch's checkpoint; the table marks it incomplete). Base run `beagle`: regenerated data,
 #     stage 1 for EPOCHS1 epochs then stage 2 (window 5, sim-steps 4), the target's KV heads.
+#     beagle-ft / eagle2-ft fine-tune the shipped drafts (INIT_BEAGLE, INIT_EAGLE2) on the regenerated data at
+#     LR_FT (their first stage-1 epoch refits them to the answers, then stage 2 as the base run).
 #  4. $OUT/ablations.{json,md}; the best Beagle run and the EAGLE-2 run as bf16 drafts in $OUT/{beagle,eagle2}/;
 #     $OUT/regenerated.jsonl.gz (also kept in $WORK for later calls while the machine stays warm); $OUT/logs.tar.gz
 #     (logs, the regeneration report, each run's config.json with its evaluation history, GPU samples).
@@ -28,12 +30,14 @@ REGEN_BATCH=${REGEN_BATCH:-512} REGEN_TOKENS=${REGEN_TOKENS:-256} REGEN_TURNS=${
 REGEN_BUDGET=${REGEN_BUDGET:-150}
 MAX_STEPS=${MAX_STEPS:-600} EPOCHS1=${EPOCHS1:-1} EPOCHS2=${EPOCHS2:-9} TRAIN_BATCH=${TRAIN_BATCH:-16}
 LR=${LR:-5e-4} WARMUP=${WARMUP:-100} LIMIT=${LIMIT:-240} KV_ALL=${KV_ALL:-9}
-VARIANTS=${VARIANTS:-beagle beagle-fixed beagle-stage1 beagle-window3 beagle-sim5 beagle-kv eagle2}
+VARIANTS=${VARIANTS:-beagle beagle-fixed beagle-stage1 beagle-window3 beagle-sim5 beagle-kv eagle2 beagle-ft eagle2-ft}
+INIT_BEAGLE=${INIT_BEAGLE:-smollm2-beagle} INIT_EAGLE2=${INIT_EAGLE2:-smollm2-eagle2} LR_FT=${LR_FT:-1e-4}
 device=(); [ -n "${DEVICE:-}" ] && device=(--device "$DEVICE")
 start=$(date +%s)
 stamp() { echo "== $1 at $(date -u +%H:%M:%S), +$(( $(date +%s) - start )) s"; }
 mkdir -p "$WORK/logs" "$OUT"
 beagle() { python3 -m beagle.cli.main "$@"; }
+source bench/gpu/variants.sh
 
 stamp "1. regenerate"
 if [ ! -f "$WORK/conversations.jsonl" ]; then
@@ -58,23 +62,13 @@ tail -n 3 "$WORK"/logs/datagen-*.log
 stamp "3. train: $VARIANTS"
 rm -rf "$WORK/runs" "$WORK/status.txt"
 regen=$WORK/features/regen-train fixed=$WORK/features/fixed-train
-epochs=(--epochs-stage1 "$EPOCHS1" --epochs-stage2 "$EPOCHS2")
 common=(--target "$TARGET" --max-length "$MAXLEN" --batch-size "$TRAIN_BATCH" --lr "$LR" --warmup "$WARMUP" --seed 0
         --max-steps "$MAX_STEPS" --eval-data "$WORK/features/regen-heldout" --no-progress --no-tensorboard
         "${device[@]}")
 pids=()
 for name in $VARIANTS; do
-    case $name in
-        beagle) args=(--arch beagle --features "$regen" "${epochs[@]}") ;;
-        beagle-fixed) args=(--arch beagle --features "$fixed" "${epochs[@]}") ;;
-        beagle-stage1) args=(--arch beagle --features "$regen" --epochs-stage1 $((EPOCHS1 + EPOCHS2)) --epochs-stage2 0) ;;
-        beagle-window3) args=(--arch beagle --features "$regen" "${epochs[@]}" --window 3) ;;
-        beagle-sim5) args=(--arch beagle --features "$regen" "${epochs[@]}" --sim-steps 5) ;;
-        beagle-kv) args=(--arch beagle --features "$regen" "${epochs[@]}" --draft-kv-heads "$KV_ALL") ;;
-        eagle2) args=(--arch eagle2 --features "$regen" "${epochs[@]}") ;;
-        eagle2-fixed) args=(--arch eagle2 --features "$fixed" "${epochs[@]}") ;;
-        *) echo "unknown variant $name (see bench/gpu/ablations.py VARIANTS)" >&2; exit 2 ;;
-    esac
+    readarray -t args < <(variant_args "$name")
+    [ "${#args[@]}" -gt 0 ] || exit 2
     (
         begun=$(date +%s)
         OMP_NUM_THREADS=2 timeout "$LIMIT" python3 -m beagle.cli.main train "${common[@]}" "${args[@]}" \
@@ -94,6 +88,7 @@ cat "$WORK/status.txt"
 
 stamp "4. summary"
 python3 bench/gpu/ablations.py summarize "$WORK" "$MAX_STEPS" "$OUT"
+cp "$OUT/ablations.json" "$WORK/ablations.json"  # for bench/gpu/retrain.sh in the next call
 python3 bench/gpu/ablations.py export "$WORK" "$MAX_STEPS" "$OUT"
 gzip -c "$WORK/regenerated.jsonl" > "$OUT/regenerated.jsonl.gz"
 if [ "$(stat -c %s "$OUT/regenerated.jsonl.gz")" -gt $((16 * 1024 * 1024)) ]; then

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--draft-kv-heads", type=int, default=None,
                         help="the draft's own number of key/value heads, a divisor of the target's attention heads "
                              "(default: the target's; Beagle's values are its only channel from the states)")
+    parser.add_argument("--init-draft", default=None,
+                        help="start from this draft's weights instead of a fresh initialisation (a checkpoint folder "
+                             "or shipped name, of --arch): fine-tune it, e.g. on regenerated answers")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch in sequences (default 16)")
     parser.add_argument("--micro-batch-size", type=int, default=None, help="per-GPU micro-batch (gradient accumulation)")
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size, lr=args.lr,
         warmup=args.warmup, max_length=args.max_length, heldout_count=args.heldout, eval_depth=args.eval_depth,
         regenerate=args.regenerate, regenerate_batch_size=args.regenerate_batch_size,
-        draft_kv_heads=args.draft_kv_heads, eval_data=args.eval_data, resume=args.resume,
+        draft_kv_heads=args.draft_kv_heads, eval_data=args.eval_data, init_draft=args.init_draft, resume=args.resume,
         resume_anyway=args.resume_anyway, overwrite=args.overwrite, loss_chunk=args.loss_chunk,
         draft_vocab=args.draft_vocab, seed=args.seed,
         fsdp=args.fsdp, device=args.device, dtype=args.dtype,

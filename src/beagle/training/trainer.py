@@ -117,6 +117,7 @@ class TrainConfig:
     regenerate_batch_size: int | None = None  # rows per generate call (None: 256 on CUDA, 8 on CPU)
     draft_kv_heads: int | None = None  # the draft's key/value heads (None: the target's)
     eval_data: str | None = None  # held-out data (conversations or a datagen folder) instead of a split
+    init_draft: str | None = None  # start from this draft's weights (a checkpoint folder or shipped name)
     resume: bool = False
     resume_anyway: bool = False  # resume even when the data, settings or target differ from the saved run
     overwrite: bool = False  # replace the run already in `out` (its draft, trainer state and logs)
@@ -157,6 +158,8 @@ class TrainConfig:
             raise BeagleError("--ttt-steps applies to --arch eagle2 only (Beagle uses --sim-steps)")
         if self.draft_kv_heads is not None and self.draft_kv_heads < 1:
             raise BeagleError(f"--draft-kv-heads must be at least 1 (got {self.draft_kv_heads})")
+        if self.init_draft is not None and self.draft_kv_heads is not None:
+            raise BeagleError("--init-draft brings its own key/value heads; drop --draft-kv-heads")
         if self.features is not None and self.regenerate:
             raise BeagleError("--regenerate works on --data; regenerate before `beagle datagen` instead")
         check_fsdp_mode(self.fsdp)
@@ -344,6 +347,20 @@ def _eval_dataset(config: TrainConfig, target):
     return ChatDataset.from_file(config.eval_data, target.tokenizer, config.max_length)
 
 
+def _initial_draft(config: TrainConfig, target):
+    """--init-draft: the draft to continue training from (fine-tuning, e.g. a shipped draft on regenerated data),
+    in fp32, with the current target's fingerprint; its vocabulary stays unless --draft-vocab replaces it."""
+    from beagle.models.checkpoint import load_draft
+
+    draft = load_draft(config.init_draft, target, dtype=torch.float32)
+    if draft.config.arch != config.arch:
+        raise BeagleError(f"--init-draft {config.init_draft} holds an --arch {draft.config.arch} draft, not {config.arch}; "
+                          f"pass --arch {draft.config.arch}")
+    draft.config.target = {**target.fingerprint(), "weights": target.weights_fingerprint()}
+    logger.info("starting from the weights of %s", config.init_draft)
+    return draft
+
+
 def split_heldout(size: int, config: TrainConfig) -> tuple[list[int], list[int]]:
     """Deterministic (train indices, held-out indices) for a dataset of ``size`` sequences."""
     if config.heldout_count is not None:
@@ -430,7 +447,10 @@ class Trainer:
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        self.draft = build_draft(target, config.arch, config.draft_kv_heads).to(self.device).train()
+        if config.init_draft is not None:
+            self.draft = _initial_draft(config, target).to(self.device).train()
+        else:
+            self.draft = build_draft(target, config.arch, config.draft_kv_heads).to(self.device).train()
         if config.draft_vocab is not None:
             self.draft.set_vocab(self._draft_vocab())
         if config.shards_draft:
@@ -656,6 +676,7 @@ class Trainer:
             "batch_size": config.batch_size, "lr": config.lr, "seed": config.seed, "max_length": config.max_length,
             "data": config.data, "features": config.features, "draft_vocab": config.draft_vocab,
             "regenerate": config.regenerate, "eval_data": config.eval_data, "draft_kv_heads": config.draft_kv_heads,
+            "init_draft": config.init_draft,
             "eval": self.progress.history[-1] if self.progress.history else None,
             "history": self.progress.history,
         }
