@@ -74,9 +74,24 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
            "REGEN_TOKENS": "6", "MAX_STEPS": "8", "TRAIN_BATCH": "2", "WARMUP": "1", "KV_ALL": "4", "DEVICE": "cpu",
            "LIMIT": "500", "PYTHONPATH": str(ROOT / "src"), "INIT_BEAGLE": str(inits["beagle"]),
            "INIT_EAGLE2": str(inits["eagle2"])}
+    # A regeneration-only call first (REGEN_ONLY=1), then the ablations go on from its regenerated file, training
+    # on the first 8 regenerated training conversations (ABLATION_TRAIN); retrain.sh then trains on all 12.
+    first = tmp_path / "first"
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "ablations.sh")], capture_output=True, text=True,
-                            timeout=900, env=env, cwd=ROOT)
+                            timeout=900, env={**env, "OUT": str(first), "REGEN_ONLY": "1"}, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert sorted(path.name for path in first.iterdir()) == ["regenerate-report.json", "regenerated.jsonl.gz",
+                                                             "sources.json"]
+    assert not (tmp_path / "work" / "features").exists()
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "ablations.sh")], capture_output=True, text=True,
+                            timeout=900, env={**env, "ABLATION_TRAIN": "8"}, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "regenerated.jsonl exists (an earlier call): kept" in result.stdout
+    assert "12 regenerated training conversations, the ablations train on 8" in result.stdout
+    manifests = {name: json.loads((tmp_path / "work" / "features" / name / "manifest.json").read_text())
+                 for name in ("regen-train", "fixed-train", "regen-train-all")}
+    records = {name: manifest["num_records"] for name, manifest in manifests.items()}
+    assert records["regen-train"] == records["fixed-train"] == 8 and records["regen-train-all"] == 12
     files = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
     assert files == ["ablations.json", "ablations.md", "beagle/config.json", "beagle/model.safetensors",
                      "eagle2/config.json", "eagle2/model.safetensors", "logs.tar.gz", "regenerated.jsonl.gz"]
@@ -102,6 +117,7 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "retrain.sh")], capture_output=True, text=True,
                             timeout=900, env=env, cwd=ROOT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"training features: {tmp_path / 'work' / 'features' / 'regen-train-all'}" in result.stdout
     best = {row["arch"]: max((r for r in runs.values() if r["arch"] == row["arch"]), key=lambda r: r["tau"])["run"]
             for row in runs.values()}
     for arch in ("beagle", "eagle2"):

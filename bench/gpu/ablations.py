@@ -2,7 +2,8 @@
 runs, export the chosen drafts.
 
     python bench/gpu/ablations.py prepare SOURCE TRAIN HELDOUT WORK    # WORK/conversations.jsonl (held-out first)
-    python bench/gpu/ablations.py split WORK                           # WORK/{regen-train,regen-heldout,fixed-train}.jsonl
+    python bench/gpu/ablations.py split WORK [ABLATION_TRAIN]          # WORK/{regen-train,regen-heldout,fixed-train,
+                                                                       #       regen-train-all}.jsonl
     python bench/gpu/ablations.py summarize WORK MAX_STEPS OUT         # OUT/ablations.{json,md}
     python bench/gpu/ablations.py export WORK MAX_STEPS OUT            # OUT/{beagle,eagle2}/ (bf16)
     python bench/gpu/ablations.py best WORK MAX_STEPS ARCH             # the best run of ARCH
@@ -70,19 +71,23 @@ def prepare(source: str, train: str, heldout: str, work: str) -> None:
     print(f"{heldout_count} held-out + {train_count} training conversations -> {work_dir / 'conversations.jsonl'}")
 
 
-def split(work: str) -> None:
-    """Regenerated records with index < HELDOUT are held out; the fixed data = the source records of the
-    regenerated training conversations, with their original (ShareGPT) answers."""
+def split(work: str, ablation_train: str = "") -> None:
+    """Regenerated records with index < HELDOUT are held out. The ablation runs train on the first ABLATION_TRAIN
+    regenerated training conversations (all when empty) -> regen-train; the fixed data = the source records of
+    those conversations, with their original (ShareGPT) answers -> fixed-train; every regenerated training
+    conversation -> regen-train-all (what bench/gpu/retrain.sh trains on)."""
     work_dir = Path(work)
     heldout = json.loads((work_dir / "sources.json").read_text())["heldout"]
     source = _read_jsonl(work_dir / "conversations.jsonl")
     regenerated = _read_jsonl(work_dir / "regenerated.jsonl")
-    train = [r for r in regenerated if r["index"] >= heldout]
+    everything = [r for r in regenerated if r["index"] >= heldout]
+    train = everything[: int(ablation_train)] if ablation_train else everything
     _write_jsonl(work_dir / "regen-heldout.jsonl", [r for r in regenerated if r["index"] < heldout])
     _write_jsonl(work_dir / "regen-train.jsonl", train)
+    _write_jsonl(work_dir / "regen-train-all.jsonl", everything)
     _write_jsonl(work_dir / "fixed-train.jsonl", [source[r["index"]] for r in train])
-    print(f"{len(train)} regenerated training conversations (and their fixed originals), "
-          f"{len(regenerated) - len(train)} held out")
+    print(f"{len(everything)} regenerated training conversations, the ablations train on {len(train)} (and their "
+          f"fixed originals), {len(regenerated) - len(everything)} held out")
 
 
 def _final(config: dict) -> dict | None:

@@ -6,8 +6,12 @@
 #     then the TRAIN training ones; answers of at most REGEN_TOKENS tokens, the first REGEN_TURNS assistant turns,
 #     conversations up to MAXLEN tokens, REGEN_BATCH rows refilled every 64 tokens; no new conversation after
 #     REGEN_BUDGET s (the held-out ones come first, so only training ones can be left out) -> $WORK/regenerated.jsonl
-#  2. target features once (`beagle datagen`, 3 processes at once): the regenerated training conversations, the
-#     same conversations with ShareGPT's answers (the fixed data), the regenerated held-out conversations
+#     (kept when it exists: an earlier call made it). REGEN_ONLY=1 stops here, returning $OUT/regenerated.jsonl.gz
+#     and $OUT/regenerate-report.json (a full regeneration takes most of a call; the next call goes on from $WORK).
+#  2. target features once (`beagle datagen`, one process per set at once): the regenerated training conversations
+#     (the first ABLATION_TRAIN of them when set), the same conversations with ShareGPT's answers (the fixed data),
+#     the regenerated held-out conversations; with ABLATION_TRAIN also every regenerated training conversation
+#     (regen-train-all, for bench/gpu/retrain.sh)
 #  3. train VARIANTS side by side, one process each (see bench/gpu/ablations.py VARIANTS), all with MAX_STEPS steps
 #     of TRAIN_BATCH sequences, lr LR after WARMUP steps, seed 0, MAXLEN tokens, evaluated after every epoch and at
 #     MAX_STEPS on the same regenerated held-out conversations (--eval-data); at most LIMIT s per process (a run cut
@@ -27,7 +31,7 @@ export BEAGLE_CACHE=${BEAGLE_CACHE:-/tmp/beagle-cache} PYTHONPATH=src PYTHONUNBU
 TARGET=${TARGET:-smollm2} SOURCE=${SOURCE:-/tmp/beagle-stage/sharegpt.jsonl.gz} WORK=${WORK:-/tmp/beagle-ablations}
 TRAIN=${TRAIN:-6000} HELDOUT=${HELDOUT:-256} MAXLEN=${MAXLEN:-1024}
 REGEN_BATCH=${REGEN_BATCH:-512} REGEN_TOKENS=${REGEN_TOKENS:-256} REGEN_TURNS=${REGEN_TURNS:-2}
-REGEN_BUDGET=${REGEN_BUDGET:-150}
+REGEN_BUDGET=${REGEN_BUDGET:-150} REGEN_ONLY=${REGEN_ONLY:-0} ABLATION_TRAIN=${ABLATION_TRAIN:-}
 MAX_STEPS=${MAX_STEPS:-600} EPOCHS1=${EPOCHS1:-1} EPOCHS2=${EPOCHS2:-9} TRAIN_BATCH=${TRAIN_BATCH:-16}
 LR=${LR:-5e-4} WARMUP=${WARMUP:-100} LIMIT=${LIMIT:-240} KV_ALL=${KV_ALL:-9}
 VARIANTS=${VARIANTS:-beagle beagle-fixed beagle-stage1 beagle-window3 beagle-sim5 beagle-kv eagle2 beagle-ft eagle2-ft}
@@ -43,15 +47,29 @@ stamp "1. regenerate"
 if [ ! -f "$WORK/conversations.jsonl" ]; then
     python3 bench/gpu/ablations.py prepare "$SOURCE" "$TRAIN" "$HELDOUT" "$WORK" || exit 3
 fi
-beagle regenerate --target "$TARGET" --data "$WORK/conversations.jsonl" --out "$WORK/regenerated.jsonl" \
-    --batch-size "$REGEN_BATCH" --max-new-tokens "$REGEN_TOKENS" --max-turns "$REGEN_TURNS" --max-length "$MAXLEN" \
-    --time-budget "$REGEN_BUDGET" --report "$WORK/regenerate-report.json" --no-progress "${device[@]}" \
-    2>&1 | tee "$WORK/logs/regenerate.log" || exit 4
+if [ -f "$WORK/regenerated.jsonl" ]; then
+    echo "$WORK/regenerated.jsonl exists (an earlier call): kept"
+else
+    beagle regenerate --target "$TARGET" --data "$WORK/conversations.jsonl" --out "$WORK/regenerated.jsonl" \
+        --batch-size "$REGEN_BATCH" --max-new-tokens "$REGEN_TOKENS" --max-turns "$REGEN_TURNS" \
+        --max-length "$MAXLEN" --time-budget "$REGEN_BUDGET" --report "$WORK/regenerate-report.json" --no-progress \
+        "${device[@]}" 2>&1 | tee "$WORK/logs/regenerate.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || exit 4
+fi
+if [ "$REGEN_ONLY" = 1 ]; then
+    gzip -c "$WORK/regenerated.jsonl" > "$OUT/regenerated.jsonl.gz"
+    cp "$WORK/regenerate-report.json" "$WORK/sources.json" "$OUT/"
+    ls -la "$OUT"
+    stamp "done (REGEN_ONLY)"
+    exit 0
+fi
 
 stamp "2. features"
-python3 bench/gpu/ablations.py split "$WORK" || exit 5
+python3 bench/gpu/ablations.py split "$WORK" $ABLATION_TRAIN || exit 5
+sets="regen-train fixed-train regen-heldout"
+[ -n "$ABLATION_TRAIN" ] && sets="$sets regen-train-all"
 pids=()
-for set in regen-train fixed-train regen-heldout; do
+for set in $sets; do
     beagle datagen --target "$TARGET" --data "$WORK/$set.jsonl" --out "$WORK/features/$set" --max-length "$MAXLEN" \
         --batch-tokens 65536 --no-progress "${device[@]}" > "$WORK/logs/datagen-$set.log" 2>&1 &
     pids+=($!)

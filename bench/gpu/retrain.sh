@@ -23,6 +23,8 @@ if [ ! -f "$WORK/ablations.json" ] || [ ! -d "$WORK/features/regen-train" ]; the
 fi
 source bench/gpu/variants.sh
 regen=$WORK/features/regen-train fixed=$WORK/features/fixed-train
+[ -d "$WORK/features/regen-train-all" ] && regen=$WORK/features/regen-train-all
+echo "training features: $regen"
 common=(--target "$TARGET" --max-length "$MAXLEN" --batch-size "$TRAIN_BATCH" --lr "$LR" --warmup "$WARMUP" --seed 0
         --max-steps "$STEPS" --eval-data "$WORK/features/regen-heldout" --no-progress --no-tensorboard
         "${device[@]}")
