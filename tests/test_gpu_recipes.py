@@ -126,3 +126,20 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
         assert config["training"]["step"] == 4 and config["training"]["history"][-1]["step"] == 4
     assert "| beagle | " + best["beagle"] + " | 4 |" in (final / "retrain.md").read_text()
     assert (final / "retrain-logs.tar.gz").is_file()
+
+    # A fresh machine: the returned regenerated file seeds a new WORK (REGENERATED), only the features retrain.sh
+    # needs are made (FEATURES_ONLY), and retrain.sh trains the named recipes (RECIPES) without ablations.json.
+    fresh = {**env, "WORK": str(tmp_path / "fresh"), "OUT": str(tmp_path / "fresh-out"),
+             "REGENERATED": str(out / "regenerated.jsonl.gz"), "FEATURES_ONLY": "1"}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "ablations.sh")], capture_output=True, text=True,
+                            timeout=900, env=fresh, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert sorted(path.name for path in (tmp_path / "fresh" / "features").iterdir()) == ["regen-heldout",
+                                                                                      "regen-train-all"]
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "retrain.sh")], capture_output=True, text=True,
+                            timeout=900, env={**fresh, "OUT": str(tmp_path / "fresh-final"), "STEPS": "4",
+                                              "RECIPES": "beagle-sim5 eagle2"}, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    recipes = {arch: json.loads((tmp_path / "fresh-final" / f"smollm2-{arch}" / "config.json").read_text())
+               ["training"]["recipe"] for arch in ("beagle", "eagle2")}
+    assert recipes == {"beagle": "beagle-sim5", "eagle2": "eagle2"}

@@ -7,6 +7,7 @@ runs, export the chosen drafts.
     python bench/gpu/ablations.py summarize WORK MAX_STEPS OUT         # OUT/ablations.{json,md}
     python bench/gpu/ablations.py export WORK MAX_STEPS OUT            # OUT/{beagle,eagle2}/ (bf16)
     python bench/gpu/ablations.py best WORK MAX_STEPS ARCH             # the best run of ARCH
+    printf 'beagle-ft\neagle2-ft\n' | python bench/gpu/ablations.py arch-run ARCH   # the run of ARCH named on stdin
 """
 
 from __future__ import annotations
@@ -189,6 +190,18 @@ def best(work: str, max_steps: str, arch: str) -> None:
     print(chosen[arch])
 
 
+def arch_run(arch: str) -> None:
+    """Of the variant names on stdin (one per line), print the one of ``arch`` (bench/gpu/retrain.sh RECIPES)."""
+    names = [line.strip() for line in sys.stdin if line.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    mine = [name for name in names if VARIANTS[name][0] == arch]
+    if len(mine) != 1:
+        raise SystemExit(f"RECIPES must name exactly one {arch} variant (got {mine})")
+    print(mine[0])
+
+
 def export(work: str, max_steps: str, out: str, runs: str = "runs") -> None:
     """The best Beagle run and the best EAGLE-2 run (highest final τ_sim; complete runs first) as bf16."""
     import torch
@@ -203,7 +216,8 @@ def export(work: str, max_steps: str, out: str, runs: str = "runs") -> None:
 
 
 if __name__ == "__main__":
-    commands = {"prepare": prepare, "split": split, "summarize": summarize, "export": export, "best": best}
+    commands = {"prepare": prepare, "split": split, "summarize": summarize, "export": export, "best": best,
+                "arch-run": arch_run}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

@@ -8,10 +8,13 @@
 #     REGEN_BUDGET s (the held-out ones come first, so only training ones can be left out) -> $WORK/regenerated.jsonl
 #     (kept when it exists: an earlier call made it). REGEN_ONLY=1 stops here, returning $OUT/regenerated.jsonl.gz
 #     and $OUT/regenerate-report.json (a full regeneration takes most of a call; the next call goes on from $WORK).
+#     REGENERATED=FILE.jsonl.gz (a file an earlier call returned, carried in .stage/) seeds $WORK/regenerated.jsonl
+#     on a fresh machine.
 #  2. target features once (`beagle datagen`, one process per set at once): the regenerated training conversations
 #     (the first ABLATION_TRAIN of them when set), the same conversations with ShareGPT's answers (the fixed data),
 #     the regenerated held-out conversations; with ABLATION_TRAIN also every regenerated training conversation
-#     (regen-train-all, for bench/gpu/retrain.sh)
+#     (regen-train-all, for bench/gpu/retrain.sh). FEATURES_ONLY=1 makes only regen-train-all and regen-heldout
+#     (what retrain.sh needs) and stops here.
 #  3. train VARIANTS side by side, one process each (see bench/gpu/ablations.py VARIANTS), all with MAX_STEPS steps
 #     of TRAIN_BATCH sequences, lr LR after WARMUP steps, seed 0, MAXLEN tokens, evaluated after every epoch and at
 #     MAX_STEPS on the same regenerated held-out conversations (--eval-data); at most LIMIT s per process (a run cut
@@ -32,6 +35,7 @@ TARGET=${TARGET:-smollm2} SOURCE=${SOURCE:-/tmp/beagle-stage/sharegpt.jsonl.gz} 
 TRAIN=${TRAIN:-6000} HELDOUT=${HELDOUT:-256} MAXLEN=${MAXLEN:-1024}
 REGEN_BATCH=${REGEN_BATCH:-512} REGEN_TOKENS=${REGEN_TOKENS:-256} REGEN_TURNS=${REGEN_TURNS:-2}
 REGEN_BUDGET=${REGEN_BUDGET:-150} REGEN_ONLY=${REGEN_ONLY:-0} ABLATION_TRAIN=${ABLATION_TRAIN:-}
+REGENERATED=${REGENERATED:-} FEATURES_ONLY=${FEATURES_ONLY:-0}
 MAX_STEPS=${MAX_STEPS:-600} EPOCHS1=${EPOCHS1:-1} EPOCHS2=${EPOCHS2:-9} TRAIN_BATCH=${TRAIN_BATCH:-16}
 LR=${LR:-5e-4} WARMUP=${WARMUP:-100} LIMIT=${LIMIT:-240} KV_ALL=${KV_ALL:-9}
 VARIANTS=${VARIANTS:-beagle beagle-fixed beagle-stage1 beagle-window3 beagle-sim5 beagle-kv eagle2 beagle-ft eagle2-ft}
@@ -46,6 +50,11 @@ source bench/gpu/variants.sh
 stamp "1. regenerate"
 if [ ! -f "$WORK/conversations.jsonl" ]; then
     python3 bench/gpu/ablations.py prepare "$SOURCE" "$TRAIN" "$HELDOUT" "$WORK" || exit 3
+fi
+if [ -n "$REGENERATED" ] && [ ! -f "$WORK/regenerated.jsonl" ]; then
+    gunzip -c "$REGENERATED" > "$WORK/regenerated.jsonl.tmp" && mv "$WORK/regenerated.jsonl.tmp" "$WORK/regenerated.jsonl" \
+        || exit 4
+    [ -f "$(dirname "$REGENERATED")/regenerate-report.json" ] && cp "$(dirname "$REGENERATED")/regenerate-report.json" "$WORK/"
 fi
 if [ -f "$WORK/regenerated.jsonl" ]; then
     echo "$WORK/regenerated.jsonl exists (an earlier call): kept"
@@ -68,6 +77,7 @@ stamp "2. features"
 python3 bench/gpu/ablations.py split "$WORK" $ABLATION_TRAIN || exit 5
 sets="regen-train fixed-train regen-heldout"
 [ -n "$ABLATION_TRAIN" ] && sets="$sets regen-train-all"
+[ "$FEATURES_ONLY" = 1 ] && sets="regen-heldout regen-train-all"
 pids=()
 for set in $sets; do
     beagle datagen --target "$TARGET" --data "$WORK/$set.jsonl" --out "$WORK/features/$set" --max-length "$MAXLEN" \
@@ -76,6 +86,10 @@ for set in $sets; do
 done
 for pid in "${pids[@]}"; do wait "$pid" || { tail -5 "$WORK"/logs/datagen-*.log; exit 6; }; done
 tail -n 3 "$WORK"/logs/datagen-*.log
+if [ "$FEATURES_ONLY" = 1 ]; then
+    stamp "done (FEATURES_ONLY)"
+    exit 0
+fi
 
 stamp "3. train: $VARIANTS"
 rm -rf "$WORK/runs" "$WORK/status.txt"

@@ -15,10 +15,11 @@ TARGET=${TARGET:-smollm2} WORK=${WORK:-/tmp/beagle-ablations} MAXLEN=${MAXLEN:-1
 ABLATION_STEPS=${ABLATION_STEPS:-600} STEPS=${STEPS:-2400} LIMIT=${LIMIT:-330}
 EPOCHS1=${EPOCHS1:-1} EPOCHS2=${EPOCHS2:-999} TRAIN_BATCH=${TRAIN_BATCH:-16} LR=${LR:-5e-4} WARMUP=${WARMUP:-100}
 KV_ALL=${KV_ALL:-9} INIT_BEAGLE=${INIT_BEAGLE:-smollm2-beagle} INIT_EAGLE2=${INIT_EAGLE2:-smollm2-eagle2}
-LR_FT=${LR_FT:-1e-4}
+LR_FT=${LR_FT:-1e-4} RECIPES=${RECIPES:-}  # RECIPES="beagle-ft eagle2-ft": these runs' recipes, no ablations.json
 device=(); [ -n "${DEVICE:-}" ] && device=(--device "$DEVICE")
-if [ ! -f "$WORK/ablations.json" ] || [ ! -d "$WORK/features/regen-train" ]; then
-    echo "no ablation results in $WORK (run ablations.sh first, in a call right before this one)" >&2
+if { [ -z "$RECIPES" ] && [ ! -f "$WORK/ablations.json" ]; } || \
+   { [ ! -d "$WORK/features/regen-train" ] && [ ! -d "$WORK/features/regen-train-all" ]; }; then
+    echo "no ablation results or features in $WORK (run ablations.sh first, in a call right before this one)" >&2
     exit 3
 fi
 source bench/gpu/variants.sh
@@ -32,7 +33,11 @@ rm -rf "$WORK/final" "$WORK/final-bf16" && mkdir -p "$WORK/final/logs" "$OUT"
 start=$(date +%s)
 pids=()
 for arch in beagle eagle2; do
-    name=$(python3 bench/gpu/ablations.py best "$WORK" "$ABLATION_STEPS" "$arch") || exit 4
+    if [ -n "$RECIPES" ]; then
+        name=$(printf '%s\n' $RECIPES | python3 bench/gpu/ablations.py arch-run "$arch") || exit 4
+    else
+        name=$(python3 bench/gpu/ablations.py best "$WORK" "$ABLATION_STEPS" "$arch") || exit 4
+    fi
     echo "$arch $name" >> "$WORK/final/recipes.txt"
     readarray -t args < <(variant_args "$name")
     (
