@@ -204,3 +204,17 @@ def test_named_sharegpt_data_is_the_training_split(tmp_path, monkeypatch):
     assert held == ["r5", "r6"] and not set(kept) & set(held)
     assert resolve_data_path("sharegpt") == path  # reused, not rewritten
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_jsonl_records_holding_line_separators_stay_whole(tmp_path):
+    """U+2028 / U+2029 are legal unescaped inside JSON strings (json.dumps(ensure_ascii=False) writes them): a
+    JSONL record holding one is one record, so record indices agree with the file's lines."""
+    records = [{"messages": [{"role": "user", "content": f"q{i}\u2028x"}, {"role": "assistant", "content": "a\u2029"}]}
+               for i in range(3)]
+    path = tmp_path / "separators.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    report = DataReport()
+    loaded = load_conversations(path, report)
+    assert [index for index, _ in loaded] == [0, 1, 2] and report.total == 3 and not report.skipped
+    assert loaded[1][1][0]["content"] == "q1\u2028x"

@@ -146,7 +146,9 @@ def read_records(path: str | os.PathLike) -> Iterator[object]:
         if isinstance(whole, dict):
             yield from (whole["data"] if isinstance(whole.get("data"), list) else [whole])
             return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSONL records end at "\n" only: str.splitlines() would also split inside strings holding U+2028 / U+2029
+    # (legal unescaped in JSON; json.dumps(ensure_ascii=False) writes them), turning one record into two bad ones
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
