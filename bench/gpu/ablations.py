@@ -72,7 +72,7 @@ def prepare(source: str, train: str, heldout: str, work: str) -> None:
     print(f"{heldout_count} held-out + {train_count} training conversations -> {work_dir / 'conversations.jsonl'}")
 
 
-def split(work: str, ablation_train: str = "") -> None:
+def split(work: str, ablation_train: str = "", fixed: str = "fixed") -> None:
     """Regenerated records with index < HELDOUT are held out. The ablation runs train on the first ABLATION_TRAIN
     regenerated training conversations (all when empty) -> regen-train; the fixed data = the source records of
     those conversations, with their original (ShareGPT) answers -> fixed-train; every regenerated training
@@ -86,7 +86,8 @@ def split(work: str, ablation_train: str = "") -> None:
     _write_jsonl(work_dir / "regen-heldout.jsonl", [r for r in regenerated if r["index"] < heldout])
     _write_jsonl(work_dir / "regen-train.jsonl", train)
     _write_jsonl(work_dir / "regen-train-all.jsonl", everything)
-    _write_jsonl(work_dir / "fixed-train.jsonl", [source[r["index"]] for r in train])
+    if fixed != "nofixed":  # FEATURES_ONLY needs no fixed data
+        _write_jsonl(work_dir / "fixed-train.jsonl", [source[r["index"]] for r in train])
     print(f"{len(everything)} regenerated training conversations, the ablations train on {len(train)} (and their "
           f"fixed originals), {len(regenerated) - len(everything)} held out")
 

@@ -74,7 +74,11 @@ if [ "$REGEN_ONLY" = 1 ]; then
 fi
 
 stamp "2. features"
-python3 bench/gpu/ablations.py split "$WORK" $ABLATION_TRAIN || exit 5
+if [ "$FEATURES_ONLY" = 1 ]; then
+    python3 bench/gpu/ablations.py split "$WORK" "$ABLATION_TRAIN" nofixed || exit 5
+else
+    python3 bench/gpu/ablations.py split "$WORK" $ABLATION_TRAIN || exit 5
+fi
 sets="regen-train fixed-train regen-heldout"
 [ -n "$ABLATION_TRAIN" ] && sets="$sets regen-train-all"
 [ "$FEATURES_ONLY" = 1 ] && sets="regen-heldout regen-train-all"
