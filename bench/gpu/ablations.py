@@ -2,12 +2,12 @@
 runs, export the chosen drafts.
 
     python bench/gpu/ablations.py prepare SOURCE TRAIN HELDOUT WORK    # WORK/conversations.jsonl (held-out first)
-    python bench/gpu/ablations.py split WORK [ABLATION_TRAIN]          # WORK/{regen-train,regen-heldout,fixed-train,
+    python bench/gpu/ablations.py split WORK [ABLATION_TRAIN [nofixed]] # WORK/{regen-train,regen-heldout,fixed-train,
                                                                        #       regen-train-all}.jsonl
     python bench/gpu/ablations.py summarize WORK MAX_STEPS OUT         # OUT/ablations.{json,md}
     python bench/gpu/ablations.py export WORK MAX_STEPS OUT            # OUT/{beagle,eagle2}/ (bf16)
     python bench/gpu/ablations.py best WORK MAX_STEPS ARCH             # the best run of ARCH
-    printf 'beagle-ft\neagle2-ft\n' | python bench/gpu/ablations.py arch-run ARCH   # the run of ARCH named on stdin
+    python bench/gpu/ablations.py arch-run ARCH NAME [NAME ...]        # the one of NAME... of ARCH
 """
 
 from __future__ import annotations
@@ -191,9 +191,8 @@ def best(work: str, max_steps: str, arch: str) -> None:
     print(chosen[arch])
 
 
-def arch_run(arch: str) -> None:
-    """Of the variant names on stdin (one per line), print the one of ``arch`` (bench/gpu/retrain.sh RECIPES)."""
-    names = [line.strip() for line in sys.stdin if line.strip()]
+def arch_run(arch: str, *names: str) -> None:
+    """Of the variant ``names``, print the one of ``arch`` (bench/gpu/retrain.sh RECIPES)."""
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")

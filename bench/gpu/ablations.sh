@@ -74,14 +74,10 @@ if [ "$REGEN_ONLY" = 1 ]; then
 fi
 
 stamp "2. features"
-if [ "$FEATURES_ONLY" = 1 ]; then
-    python3 bench/gpu/ablations.py split "$WORK" "$ABLATION_TRAIN" nofixed || exit 5
-else
-    python3 bench/gpu/ablations.py split "$WORK" $ABLATION_TRAIN || exit 5
-fi
-sets="regen-train fixed-train regen-heldout"
+sets="regen-train fixed-train regen-heldout" fixed=fixed
 [ -n "$ABLATION_TRAIN" ] && sets="$sets regen-train-all"
-[ "$FEATURES_ONLY" = 1 ] && sets="regen-heldout regen-train-all"
+[ "$FEATURES_ONLY" = 1 ] && sets="regen-heldout regen-train-all" fixed=nofixed
+python3 bench/gpu/ablations.py split "$WORK" "$ABLATION_TRAIN" "$fixed" || exit 5
 pids=()
 for set in $sets; do
     beagle datagen --target "$TARGET" --data "$WORK/$set.jsonl" --out "$WORK/features/$set" --max-length "$MAXLEN" \

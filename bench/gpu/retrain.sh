@@ -34,7 +34,7 @@ start=$(date +%s)
 pids=()
 for arch in beagle eagle2; do
     if [ -n "$RECIPES" ]; then
-        name=$(printf '%s\n' $RECIPES | python3 bench/gpu/ablations.py arch-run "$arch") || exit 4
+        name=$(python3 bench/gpu/ablations.py arch-run "$arch" $RECIPES) || exit 4
     else
         name=$(python3 bench/gpu/ablations.py best "$WORK" "$ABLATION_STEPS" "$arch") || exit 4
     fi
