@@ -118,8 +118,17 @@ def test_train_cli_ablation_flags(tmp_path, target, data, capsys):
 @pytest.mark.parametrize("name", ["smollm2-beagle", "smollm2-eagle2"])
 def test_shipped_checkpoints_without_the_new_fields_still_load(tmp_path, name):
     config = json.loads((SHIPPED / name / "config.json").read_text())
-    assert "draft_kv_heads" not in config["training"]  # written before the option existed
+    assert config["training"]["draft_kv_heads"] is None  # the shipped drafts keep the target's KV heads
     loaded = load_draft(SHIPPED / name)
+    # the layout written before the draft-vocabulary and KV-head options existed
+    previous = {key: value for key, value in config.items() if key not in ("draft_vocab_size", "draft_vocab_coverage")}
+    previous["training"] = {key: value for key, value in config["training"].items()
+                            if key not in ("draft_kv_heads", "draft_vocab", "init_draft", "eval_data", "regenerate")}
+    before = tmp_path / "before"
+    before.mkdir()
+    (before / "config.json").write_text(json.dumps(previous))
+    shutil.copy(SHIPPED / name / "model.safetensors", before)
+    assert load_draft(before).config.num_key_value_heads == 3
     assert loaded.config.num_key_value_heads == 3 and loaded.config.num_attention_heads == 9
     # the oldest layout: only the shape fields (defaults fill the rest)
     minimal = {key: config[key] for key in ("arch", "hidden_size", "num_attention_heads", "num_key_value_heads",
