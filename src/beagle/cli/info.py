@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  parameters: {info['parameters']:,} (formula {info['parameters_formula']:,}; shared embedding/LM head excluded)")
     print(f"  width {config.hidden_size}, heads {config.num_attention_heads}/{config.num_key_value_heads} (q/kv), "
           f"MLP {config.intermediate_size}")
-    target = {key: value for key, value in (config.target or {}).items() if key != "weights"}
-    if "weights" in (config.target or {}):  # a fingerprint of the target's weights: its method, not its bytes
-        target["weights"] = f"fingerprint ({config.target['weights'].get('method', '?')})"
+    target = dict(config.target or {})
+    if "weights" in target:  # a fingerprint of the target's weights: its method, not its bytes
+        target["weights"] = f"fingerprint ({target['weights'].get('method', '?')})"
     print(f"  target: {target}")
     if draft.vocab is None:
         print(f"  draft vocabulary: the target's full vocabulary ({config.vocab_size:,} tokens)")
