@@ -13,7 +13,8 @@ from beagle.decoding.engine import SpeculativeGenerator
 from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.tree import TreeSettings
 from beagle.models.checkpoint import load_draft
-from beagle.serving.demo import DEMO_TREE, DEMO_VOCAB
+from beagle.decoding.tree import CPU_TREE
+from beagle.serving.demo import DEMO_VOCAB
 from beagle.target.model import load_target
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def test_shipped_vocabulary_is_lossless_and_keeps_tau(smollm2, name):
     plain = SpeculativeGenerator(smollm2)
     full = load_draft(name, smollm2)
     subset = load_draft(name, smollm2).set_vocab(DEMO_VOCAB)
-    tree = TreeSettings(**DEMO_TREE)
+    tree = TreeSettings(**CPU_TREE)
     passes = {"full": 0, "subset": 0}
     for question in questions:
         prompt = smollm2.encode_chat([{"role": "user", "content": question["turns"][0]}])

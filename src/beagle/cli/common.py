@@ -39,9 +39,11 @@ def decoding_path(args) -> dict:
 
 
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depth", type=int, default=5, help="draft tree depth (default 5)")
-    parser.add_argument("--tree-top-k", type=int, default=10, help="children per expanded node (default 10)")
-    parser.add_argument("--total-tokens", type=int, default=60, help="draft tokens verified per round (default 60)")
+    parser.add_argument("--depth", type=int, default=None, help="draft tree depth (default 5; 2 on a CPU)")
+    parser.add_argument("--tree-top-k", type=int, default=None,
+                        help="children per expanded node (default 10; 2 on a CPU)")
+    parser.add_argument("--total-tokens", type=int, default=None,
+                        help="draft tokens verified per round (default 60; 3 on a CPU)")
     parser.add_argument("--no-concat", action="store_true",
                         help="Beagle: draft states are not appended as keys/values while drafting")
 
@@ -56,9 +58,15 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int = 256
 
 
 def tree_settings(args):
-    from beagle.decoding.tree import TreeSettings
+    """--depth / --tree-top-k / --total-tokens, each defaulting to the tree for --device (beagle.decoding.tree
+    default_tree: a small one on a CPU)."""
+    from beagle.decoding.tree import TreeSettings, default_tree
+    from beagle.target.model import default_device
 
-    return TreeSettings(depth=args.depth, top_k=args.tree_top_k, total_tokens=args.total_tokens)
+    default = default_tree(getattr(args, "device", None) or default_device())
+    return TreeSettings(depth=default.depth if args.depth is None else args.depth,
+                        top_k=default.top_k if args.tree_top_k is None else args.tree_top_k,
+                        total_tokens=default.total_tokens if args.total_tokens is None else args.total_tokens)
 
 
 def generation_settings(args):

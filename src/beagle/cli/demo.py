@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_TREE, DEMO_VOCAB
+from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_VOCAB
 
 
 def register(subparsers) -> None:
@@ -31,12 +31,11 @@ def register(subparsers) -> None:
                              "file from `beagle vocab` (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--depth", type=int, default=DEMO_TREE["depth"],
-                        help=f"draft tree depth (default {DEMO_TREE['depth']})")
-    parser.add_argument("--tree-top-k", type=int, default=DEMO_TREE["top_k"],
-                        help=f"children per expanded node (default {DEMO_TREE['top_k']})")
-    parser.add_argument("--total-tokens", type=int, default=DEMO_TREE["total_tokens"],
-                        help=f"draft tokens verified per round (default {DEMO_TREE['total_tokens']})")
+    parser.add_argument("--depth", type=int, default=None, help="draft tree depth (default 5; 2 on a CPU)")
+    parser.add_argument("--tree-top-k", type=int, default=None,
+                        help="children per expanded node (default 10; 2 on a CPU)")
+    parser.add_argument("--total-tokens", type=int, default=None,
+                        help="draft tokens verified per round (default 60; 3 on a CPU)")
     parser.add_argument("--no-concat", action="store_true",
                         help="Beagle: draft states are not appended as keys/values while drafting")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")

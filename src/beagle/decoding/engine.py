@@ -33,7 +33,7 @@ import torch
 from beagle.decoding.fast import FastState, FastVerifier
 from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.stats import DecodeStats
-from beagle.decoding.tree import TreeSettings, build_tree
+from beagle.decoding.tree import TreeSettings, build_tree, default_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
 from beagle.target.attention_backend import configure_attention
@@ -83,7 +83,7 @@ class SpeculativeGenerator:
         self.verifier = verifier or TreeVerifier()
         self.fast_verifier = fast_verifier or FastVerifier()
         self.draft = draft
-        self.tree = tree or TreeSettings()
+        self.tree = tree or default_tree(target.device)
         if draft is not None:
             self.tree.validate(target.vocab_size)
         self.concat = concat

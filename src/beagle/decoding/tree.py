@@ -43,6 +43,20 @@ class TreeSettings:
         return self
 
 
+# The default tree on a CPU, from a measured sweep (bench/cpu/vocab_sweep.py, docs/results/cpu-small-batch.md):
+# with small-batch linears (beagle.target.cpu_linear) a target pass over up to 4 tokens costs about one plain
+# step on a 2-core CPU, and 5 or more cost clearly more, so the tree verifies 3 draft tokens (+ the root):
+# 1.31× plain decoding with SmolLM2 and the shipped Beagle draft (2/2/4: 1.15×, the GPU tree: far slower).
+CPU_TREE = {"depth": 2, "top_k": 2, "total_tokens": 3}
+
+
+def default_tree(device) -> TreeSettings:
+    """The tree to use when none is given: :data:`CPU_TREE` on a CPU, depth 5 / top-k 10 / 60 tokens elsewhere."""
+    import torch
+
+    return TreeSettings(**CPU_TREE) if torch.device(device).type == "cpu" else TreeSettings()
+
+
 @dataclass
 class DraftTree:
     """A draft tree of N nodes in topological order (parents before children).

@@ -25,14 +25,12 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
+from beagle.target.cpu_linear import install_small_batch_linear, small_batch_linear
 
 if TYPE_CHECKING:
     from beagle.vocab.core import DraftVocab
 
 DRAFT_CLASSES: dict[str, type["DraftModel"]] = {}
-
-
-CPU_SMALL_BATCH_ROWS = 64  # see DraftModel.logits
 
 
 def register(arch: str):
@@ -55,17 +53,10 @@ def draft_class(arch: str) -> type["DraftModel"]:
 
 
 def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32."""
-    hidden = hidden.to(weight.dtype)
-    rows = hidden.numel() // hidden.shape[-1] if hidden.numel() else 0
-    if (weight.device.type == "cpu" and 1 < rows <= CPU_SMALL_BATCH_ROWS and bias is None
-            and not (torch.is_grad_enabled() and hidden.requires_grad)):
-        # Drafting on a CPU: a few rows against a [V, d] head. BLAS runs x @ Wᵀ for 2–64 rows at a
-        # fraction of its memory bandwidth; W @ xᵀ streams the head once (2–3× faster measured on
-        # SmolLM2's 49152 × 576 head, 2 cores). Draft logits only pick proposals: no effect on output.
-        flat = hidden.reshape(rows, hidden.shape[-1])
-        return (weight @ flat.T).T.reshape(*hidden.shape[:-1], -1).float()
-    return nn.functional.linear(hidden, weight, bias).float()
+    """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32.
+
+    Drafting on a CPU multiplies a few rows by a [V, d] head: :func:`small_batch_linear` streams it once."""
+    return small_batch_linear(hidden.to(weight.dtype), weight, bias).float()
 
 
 class DraftModel(nn.Module):
@@ -87,6 +78,8 @@ class DraftModel(nn.Module):
         self.config.check_target(target.fingerprint())
         self._shared = (target.embed, target.lm_head)
         self._gather_vocab_rows()
+        if self.device.type == "cpu":
+            install_small_batch_linear(self)
         return self
 
     def _parts(self) -> tuple[nn.Embedding, nn.Linear]:

@@ -8,7 +8,6 @@ nothing heavy at import time so that ``beagle --help`` stays fast.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from beagle.errors import BeagleError
@@ -19,11 +18,6 @@ DEMO_TARGET = "smollm2"
 DEMO_DRAFT = "smollm2-beagle"
 DEMO_QUESTIONS = 3
 DEMO_MAX_NEW_TOKENS = 128
-# Draft tree for the demo, measured with the shipped draft on a 2-core CPU (bench/cpu/tree_sweep.py,
-# docs/results/cpu-tree-sweep.md): on such a CPU a pass over k tokens costs well over one token's pass and
-# each draft level reads the 49152 × 576 LM head, so no tree paid off there (0.68–0.77× AR); the smallest
-# useful tree lost least. On a GPU the default tree (5 / 10 / 60) is the one to use (1.45× on an H200).
-DEMO_TREE = {"depth": 2, "top_k": 2, "total_tokens": 4}
 # The demo's draft vocabulary (beagle.vocab): SmolLM2's most frequent ShareGPT assistant tokens, shipped next to
 # the drafts; "auto" gives it to a draft without a vocabulary of its own when the target is the demo's.
 DEMO_VOCAB = "smollm2-vocab-8192"
@@ -99,8 +93,8 @@ def run_demo(
 ) -> dict:
     """Answer each prompt (as a user turn, chat template) greedily with plain decoding and with the draft.
 
-    tree: a TreeSettings (default :data:`DEMO_TREE`). ``on_result(index, result)`` is called as each
-    question finishes. Returns::
+    tree: a TreeSettings (default: the target device's, :func:`beagle.decoding.tree.default_tree`).
+    ``on_result(index, result)`` is called as each question finishes. Returns::
 
         {"target", "draft", "draft_vocab" (None | {"size", "coverage"}), "tree", "max_new_tokens",
          "questions": [{"prompt", "agree", "plain": {...}, "beagle": {...}, "speedup", "answer"}, ...],
@@ -111,11 +105,11 @@ def run_demo(
     """
     from beagle.decoding.engine import SpeculativeGenerator
     from beagle.decoding.sampling import GenerationSettings
-    from beagle.decoding.tree import TreeSettings
+    from beagle.decoding.tree import default_tree
 
     if not prompts:
         raise BeagleError("the demo needs at least one prompt")
-    tree = tree or TreeSettings(**DEMO_TREE)
+    tree = tree or default_tree(target.device)
     plain = SpeculativeGenerator(target)
     beagle = SpeculativeGenerator(target, draft, tree, concat=concat)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)

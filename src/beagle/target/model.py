@@ -60,6 +60,10 @@ class TargetModel:
         self.lm_head: nn.Linear = model.get_output_embeddings()
         if self.lm_head is None:
             raise BeagleError(f"target {self.name!r} has no LM head (get_output_embeddings() is None)")
+        if self.device.type == "cpu":
+            from beagle.target.cpu_linear import install_small_batch_linear
+
+            install_small_batch_linear(self.model)  # tree verification on a CPU: see beagle.target.cpu_linear
 
     # ----------------------------------------------------------------- facts
     @property
