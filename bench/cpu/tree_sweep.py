@@ -3,8 +3,9 @@
 On a CPU a target pass costs roughly in proportion to the tokens it verifies, so the GPU default
 (depth 5, top-k 10, 60 tokens) over-drafts. For each tree this runs our AR engine and the draft,
 interleaved per prompt (`beagle.bench.harness.run_benchmark`), greedy, fp32, and prints tokens/s,
-speedup over AR, τ and exact match. The demo's tree (`beagle.serving.demo.DEMO_TREE`) was picked from
-this sweep (docs/results/cpu-tree-sweep.md).
+speedup over AR, τ and exact match. The first CPU tree (2/2/4) was picked from this sweep
+(docs/results/cpu-tree-sweep.md, before small-batch linears); the current one, `beagle.decoding.tree.CPU_TREE`,
+from bench/cpu/vocab_sweep.py and bench/cpu/small_batch.py (docs/results/cpu-small-batch.md).
 
     python bench/cpu/tree_sweep.py --questions 3 --max-new-tokens 96 --out docs/results/cpu-tree-sweep.json
 """

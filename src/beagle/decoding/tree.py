@@ -43,10 +43,11 @@ class TreeSettings:
         return self
 
 
-# The default tree on a CPU, from a measured sweep (bench/cpu/vocab_sweep.py, docs/results/cpu-small-batch.md):
-# with small-batch linears (beagle.target.cpu_linear) a target pass over up to 4 tokens costs about one plain
+# The default tree on a CPU, from a measured sweep (bench/cpu/vocab_sweep.py,
+# docs/results/cpu-vocab-sweep-small-batch.md; the kernels side by side: docs/results/cpu-small-batch.md).
+# With small-batch linears (beagle.target.cpu_linear) a target pass over up to 4 tokens costs about one plain
 # step on a 2-core CPU, and 5 or more cost clearly more, so the tree verifies 3 draft tokens (+ the root):
-# 1.31× plain decoding with SmolLM2 and the shipped Beagle draft (2/2/4: 1.15×, the GPU tree: far slower).
+# 1.31× plain decoding with SmolLM2 and the then-shipped Beagle draft at N = 8192 (2/2/4: 1.15×).
 CPU_TREE = {"depth": 2, "top_k": 2, "total_tokens": 3}
 
 
