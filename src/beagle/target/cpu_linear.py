@@ -1,19 +1,19 @@
-"""Linear layers over a few rows on a CPU: ``W @ xᵀ`` instead of ``x @ Wᵀ``.
+"""Linear layers over a few rows on a CPU: ``(W @ xᵀ)ᵀ`` instead of ``x @ Wᵀ``.
 
 Speculative decoding on a CPU lives or dies by one number: what a target pass over a handful of tree
 tokens costs against a plain one-token step. With float32 weights, PyTorch's CPU BLAS runs ``x @ Wᵀ``
-for one row as a matrix-vector product at memory bandwidth, but for 2–64 rows it takes a general GEMM
-path that reads the weight at a fraction of that bandwidth. The same product written ``(W @ xᵀ)ᵀ``
-streams the weight once. Measured on a 2-core x86 CPU (torch 2.13, SmolLM2-135M, fp32, 200 tokens of
-context): a target pass over 4 tokens cost 83 ms as ``x @ Wᵀ`` and 53 ms as ``W @ xᵀ``, against 50 ms for
-one token; per 1536 × 576 projection, 4 rows took 345 µs vs 104 µs.
+for 2–64 rows through a general GEMM path that reads the weight at a fraction of memory bandwidth, and a
+single row as a matrix-vector product at about half of it. The same product written ``(W @ xᵀ)ᵀ``
+streams the weight once, fastest with 2 or 4 columns. Measured on a 2-core x86 CPU (torch 2.13,
+SmolLM2-135M, fp32, 200 tokens of context; ``docs/results/cpu-small-batch.md``): a target pass over 4
+tokens cost 87 ms as ``x @ Wᵀ`` and 50 ms this way, and a one-token step 58 ms and 45 ms.
 
 :func:`install_small_batch_linear` swaps the forward of every ``nn.Linear`` of a model on a CPU in
-float32 for :func:`small_batch_linear`. One row and more than ``CPU_SMALL_BATCH_ROWS`` rows (prefill)
-still run ``nn.functional.linear``, so a plain decoding step is unchanged; plain and speculative decoding
-share the same model object, so every comparison runs the same kernels. Both products are float32 sums
-of the same terms in another order: results agree to rounding, and the greedy-equality tests cover it.
-``BEAGLE_CPU_SMALL_BATCH=0`` keeps the stock forward.
+float32 for :func:`small_batch_linear`. It covers 1 to ``CPU_SMALL_BATCH_ROWS`` rows, padding 1 and 3
+rows by one. Longer inputs (prefill) still run ``nn.functional.linear``. Plain and speculative decoding
+share the same model object, so every comparison runs the same kernels, and plain decoding gets faster too.
+Both products are float32 sums of the same terms in another order: results agree to rounding, and the
+greedy-equality tests cover it. ``BEAGLE_CPU_SMALL_BATCH=0`` keeps the stock forward.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 ENV = "BEAGLE_CPU_SMALL_BATCH"
 CPU_SMALL_BATCH_ROWS = 64
+# Row counts padded by one: measured per 1536 × 576 projection (2 cores, fp32), 1 / 2 / 3 / 4 columns of
+# W @ xᵀ took 330 / 131–153 / 194–212 / 142 µs (one column is a matrix-vector product; 2 and 4 hit the fast
+# small-N kernel). 5 columns (219 µs) beat 6 (309 µs), so padding stops there.
+PADDED_ROWS = (1, 3)
 _INSTALLED = "_beagle_small_batch_linear"
 
 
@@ -51,10 +55,9 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if not rows:
         return nn.functional.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
-    if rows == 1:  # one column runs as a matrix-vector product, at half the speed of two: pad, keep one
-        out = (weight @ flat.repeat(2, 1).T)[:, :1].T
-    else:
-        out = (weight @ flat.T).T
+    if rows in PADDED_ROWS:  # 1 and 3 columns run slower than 2 and 4: pad with a copy of the last row
+        flat = torch.cat([flat, flat[-1:]])
+    out = (weight @ flat.T)[:, :rows].T
     if bias is not None:
         out = out + bias
     return out.contiguous().reshape(*x.shape[:-1], weight.shape[0])
