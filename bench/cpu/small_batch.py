@@ -83,26 +83,27 @@ def main() -> None:
     from beagle.serving.demo import DEMO_VOCAB, mt_bench_prompts
     from beagle.target.model import load_target
     from beagle.vocab.core import load_vocab
+    from vocab_sweep import parse_trees  # bench/cpu/vocab_sweep.py, next to this script
 
     target = load_target("smollm2", dtype="float32", device="cpu")
     draft = load_draft(resolve_draft(args.draft), target)
     draft.set_vocab(load_vocab(DEMO_VOCAB))
-    trees = [tuple(int(v) for v in item.split("/")) for item in args.trees.split(",") if item]
+    trees = parse_trees(args.trees)
 
     costs = pass_costs(target, draft, args.pass_repeats)
     print(json.dumps({"pass_ms": costs}), flush=True)
 
     prompts = [target.encode_chat([{"role": "user", "content": q["prompt"]}]) for q in mt_bench_prompts(args.questions)]
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    plain = SpeculativeGenerator(target)
-    speculative = {tree: SpeculativeGenerator(target, draft, TreeSettings(*tree)) for tree in trees}
-    methods = ["ar", *(f"beagle-{'/'.join(map(str, tree))}" for tree in trees)]
+    generators = {"ar": SpeculativeGenerator(target)}
+    for tree in trees:
+        generators[f"beagle-{'/'.join(map(str, tree))}"] = SpeculativeGenerator(target, draft, TreeSettings(*tree))
+    methods = list(generators)
     totals = {(kernel, method): {"tokens": 0, "seconds": 0.0, "passes": 0, "exact": 0, "turns": 0}
               for kernel in KERNELS for method in methods}
     set_kernels("small-batch", target.model, draft)
-    plain.generate(prompts[0], settings, max_new_tokens=8)  # warm-up
-    for tree in trees:
-        speculative[tree].generate(prompts[0], settings, max_new_tokens=8)
+    for generator in generators.values():  # warm-up
+        generator.generate(prompts[0], settings, max_new_tokens=8)
     for repeat in range(args.repeats):
         for index, prompt in enumerate(prompts):
             order = KERNELS if (repeat + index) % 2 == 0 else KERNELS[::-1]
@@ -110,8 +111,7 @@ def main() -> None:
                 set_kernels(kernel, target.model, draft)
                 reference = None
                 for method in methods:
-                    generator = plain if method == "ar" else speculative[tuple(int(v) for v in method[7:].split("/"))]
-                    output = generator.generate(prompt, settings)
+                    output = generators[method].generate(prompt, settings)
                     if method == "ar":
                         reference = output.token_ids
                     row = totals[(kernel, method)]

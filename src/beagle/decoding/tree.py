@@ -53,8 +53,6 @@ CPU_TREE = {"depth": 2, "top_k": 2, "total_tokens": 3}
 
 def default_tree(device) -> TreeSettings:
     """The tree to use when none is given: :data:`CPU_TREE` on a CPU, depth 5 / top-k 10 / 60 tokens elsewhere."""
-    import torch
-
     return TreeSettings(**CPU_TREE) if torch.device(device).type == "cpu" else TreeSettings()
 
 

@@ -19,13 +19,10 @@ greedy-equality tests cover it. ``BEAGLE_CPU_SMALL_BATCH=0`` keeps the stock for
 from __future__ import annotations
 
 import functools
-import logging
 import os
 
 import torch
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 ENV = "BEAGLE_CPU_SMALL_BATCH"
 CPU_SMALL_BATCH_ROWS = 64
