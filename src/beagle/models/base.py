@@ -25,7 +25,7 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
-from beagle.target.cpu_linear import install_small_batch_linear, small_batch_linear
+from beagle.target.cpu_linear import cpu_linear, install_cpu_linear
 
 if TYPE_CHECKING:
     from beagle.vocab.core import DraftVocab
@@ -55,8 +55,8 @@ def draft_class(arch: str) -> type["DraftModel"]:
 def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32.
 
-    Drafting on a CPU multiplies a few rows by a [V, d] head: :func:`small_batch_linear` streams it once."""
-    return small_batch_linear(hidden.to(weight.dtype), weight, bias).float()
+    On a CPU in float32 the product runs :func:`beagle.target.cpu_linear.cpu_linear`."""
+    return cpu_linear(hidden.to(weight.dtype), weight, bias).float()
 
 
 class DraftModel(nn.Module):
@@ -79,7 +79,7 @@ class DraftModel(nn.Module):
         self._shared = (target.embed, target.lm_head)
         self._gather_vocab_rows()
         if self.device.type == "cpu":
-            install_small_batch_linear(self)
+            install_cpu_linear(self)
         return self
 
     def _parts(self) -> tuple[nn.Embedding, nn.Linear]:

@@ -1,53 +1,142 @@
-"""Linear layers over a few rows on a CPU: ``(W @ xᵀ)ᵀ`` instead of ``x @ Wᵀ``.
+"""Linear layers on a CPU in float32: oneDNN with pre-packed weights, so a pass over many tokens costs
+about what a pass over one does.
 
 Speculative decoding on a CPU lives or dies by one number: what a target pass over a handful of tree
-tokens costs against a plain one-token step. With float32 weights, PyTorch's CPU BLAS runs ``x @ Wᵀ``
-for 2–64 rows through a general GEMM path that reads the weight at a fraction of memory bandwidth, and a
-single row as a matrix-vector product at about half of it. The same product written ``(W @ xᵀ)ᵀ``
-streams the weight once, fastest with 2 or 4 columns. Measured on a 2-core x86 CPU (torch 2.13,
-SmolLM2-135M, fp32, 200 tokens of context; ``docs/results/cpu-small-batch.md``): a target pass over 4
-tokens cost 87 ms as ``x @ Wᵀ`` and 50 ms this way, and a one-token step 58 ms and 45 ms.
+tokens costs against a plain one-token step. PyTorch's stock CPU product (``x @ Wᵀ`` through MKL) reads
+float32 weights at a fraction of memory bandwidth for 2–64 rows, so on a 2-core x86 CPU (SmolLM2-135M,
+200 tokens of context) a pass over 4 tokens cost 1.7× a step and over 8 tokens 1.5×. Three kernels,
+chosen per process (``BEAGLE_CPU_LINEAR`` or :func:`use_kernel`):
 
-:func:`install_small_batch_linear` swaps the forward of every ``nn.Linear`` of a model on a CPU in
-float32 for :func:`small_batch_linear`. It covers 1 to ``CPU_SMALL_BATCH_ROWS`` rows, padding 1 and 3
-rows by one. Longer inputs (prefill) still run ``nn.functional.linear``. Plain and speculative decoding
-share the same model object, so every comparison runs the same kernels, and plain decoding gets faster too.
-Both products are float32 sums of the same terms in another order: results agree to rounding, and the
-greedy-equality tests cover it. ``BEAGLE_CPU_SMALL_BATCH=0`` keeps the stock forward.
+- ``onednn`` (the default where PyTorch has oneDNN): the weight is re-laid-out once into oneDNN's blocked
+  format (``torch.ops.mkldnn._reorder_linear_weight``, the same call ``torch.compile`` uses when it freezes a
+  CPU model) and every product runs ``torch.ops.mkldnn._linear_pointwise``. Measured on that CPU
+  (``docs/results/cpu-linear-kernels.md``): a pass over 1 / 4 / 8 / 12 tokens took 35 / 40 / 44 / 45 ms, and
+  a 600-token prefill half the stock time. The packed copy costs one more copy of the weights in memory; it
+  is made on first use and made again when the weight changes (its version counter moves).
+- ``columns``: ``(W @ xᵀ)ᵀ`` for 1..``CPU_SMALL_BATCH_ROWS`` rows, 1 and 3 rows padded by one (2 and 4
+  columns hit MKL's fast small-N kernel): 41 / 48 / 90 ms for 1 / 4 / 8 tokens. The fallback without oneDNN.
+- ``stock``: ``nn.functional.linear``.
+
+:func:`install_cpu_linear` routes every ``nn.Linear`` of a model through :func:`cpu_linear`. Only float32 CPU
+products outside autograd take another kernel: a model later moved to a GPU or cast to bf16, and training,
+run the stock one. Plain and speculative decoding share the same model object, so every comparison runs the
+same kernels, and plain decoding gets faster too. All kernels sum the same float32 terms in another order:
+results agree to rounding, and the greedy-equality tests cover it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import weakref
 
 import torch
 from torch import nn
 
-ENV = "BEAGLE_CPU_SMALL_BATCH"
+from beagle.errors import BeagleError
+
+ENV = "BEAGLE_CPU_LINEAR"
+KERNELS = ("onednn", "columns", "stock")
 CPU_SMALL_BATCH_ROWS = 64
-# Row counts padded by one: measured per 1536 × 576 projection (2 cores, fp32), 1 / 2 / 3 / 4 columns of
-# W @ xᵀ took 330 / 131–153 / 194–212 / 142 µs (one column is a matrix-vector product; 2 and 4 hit the fast
-# small-N kernel). 5 columns (219 µs) beat 6 (309 µs), so padding stops there.
+# ``columns`` row counts padded by one: measured per 1536 × 576 projection (2 cores, fp32), 1 / 2 / 3 / 4
+# columns of W @ xᵀ took 330 / 131–153 / 194–212 / 142 µs. 5 columns (219 µs) beat 6 (309 µs).
 PADDED_ROWS = (1, 3)
-_INSTALLED = "_beagle_small_batch_linear"
+_INSTALLED = "_beagle_cpu_linear"
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build can pack weights for oneDNN's CPU linear."""
+    return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def kernel_from_environment() -> str:
+    """``BEAGLE_CPU_LINEAR`` (onednn | columns | stock); unset: onednn where available, else columns.
+    An unknown value raises BeagleError naming the choices."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if not value:
+        return "onednn" if onednn_available() else "columns"
+    if value not in KERNELS:
+        raise BeagleError(f"{ENV}={value!r} is not a CPU linear kernel; set it to one of {', '.join(KERNELS)}")
+    if value == "onednn" and not onednn_available():
+        return "columns"
+    return value
+
+
+_kernel: str | None = None  # resolved on first use, so a bad environment value fails where it is used
+
+
+def current_kernel() -> str:
+    global _kernel
+    if _kernel is None:
+        _kernel = kernel_from_environment()
+    return _kernel
+
+
+@contextlib.contextmanager
+def use_kernel(kernel: str):
+    """Run the block with another CPU linear kernel (benchmarks and tests)."""
+    global _kernel
+    if kernel not in KERNELS:
+        raise BeagleError(f"unknown CPU linear kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "onednn" and not onednn_available():
+        raise BeagleError("this PyTorch build has no oneDNN; use the 'columns' or 'stock' CPU linear kernel")
+    previous, _kernel = current_kernel(), kernel
+    try:
+        yield
+    finally:
+        _kernel = previous
+
+
+def takes_cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True for a float32 CPU product outside autograd with at least one row."""
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return x.numel() > 0
 
 
 def small_batch_rows(x: torch.Tensor, weight: torch.Tensor) -> int:
-    """The row count of ``x`` [..., d] when ``x @ weightᵀ`` should run as ``weight @ xᵀ``, else 0.
-
-    Only on a CPU, in float32, outside autograd, for 1..CPU_SMALL_BATCH_ROWS rows."""
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32:
+    """The row count of ``x`` [..., d] when the ``columns`` kernel applies (1..CPU_SMALL_BATCH_ROWS), else 0."""
+    if not takes_cpu_kernel(x, weight):
         return 0
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return 0
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
-    return rows if 0 < rows <= CPU_SMALL_BATCH_ROWS else 0
+    rows = x.numel() // x.shape[-1]
+    return rows if rows <= CPU_SMALL_BATCH_ROWS else 0
 
 
-def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``nn.functional.linear(x, weight, bias)``: x [..., d], weight [R, d], bias [R] | None -> [..., R];
-    computed as ``(weight @ xᵀ)ᵀ`` when :func:`small_batch_rows` says so."""
+# id(weight) -> (weak reference to it, (version, data pointer), packed weight). An entry goes with its weight.
+_PACKED: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [R, d] in oneDNN's blocked layout, packed once and again after any in-place change."""
+    key, stamp = id(weight), (weight._version, weight.data_ptr())
+    entry = _PACKED.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == stamp:
+        return entry[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+    _PACKED[key] = (weakref.ref(weight, functools.partial(_forget, key)), stamp, packed)
+    return packed
+
+
+def _forget(key: int, _reference: weakref.ref) -> None:
+    _PACKED.pop(key, None)
+
+
+def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``nn.functional.linear(x, weight, bias)``: x [..., d], weight [R, d], bias [R] | None -> [..., R],
+    through the process's CPU kernel where :func:`takes_cpu_kernel` says so."""
+    kernel = current_kernel()
+    if kernel == "stock" or not takes_cpu_kernel(x, weight):
+        return nn.functional.linear(x, weight, bias)
+    if kernel == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed_weight(weight), bias, "none", [], "")
+    return _columns_linear(x, weight, bias)
+
+
+def _columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     rows = small_batch_rows(x, weight)
     if not rows:
         return nn.functional.linear(x, weight, bias)
@@ -61,19 +150,14 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def _forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return small_batch_linear(x, module.weight, module.bias)
+    return cpu_linear(x, module.weight, module.bias)
 
 
-def enabled() -> bool:
-    """False when the environment sets ``BEAGLE_CPU_SMALL_BATCH=0`` (or off/false/no)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
-
-
-def install_small_batch_linear(model: nn.Module) -> int:
-    """Route every ``nn.Linear`` of ``model`` through :func:`small_batch_linear` (idempotent; the switch
-    is per call, so a model later moved to a GPU or cast to bf16 runs the stock kernels). Returns the
-    number of layers it now covers; 0 when ``BEAGLE_CPU_SMALL_BATCH=0``."""
-    if not enabled():
+def install_cpu_linear(model: nn.Module) -> int:
+    """Route every ``nn.Linear`` of ``model`` through :func:`cpu_linear` (idempotent; the kernel is chosen
+    per call, so a model later moved to a GPU or cast to bf16 runs the stock one). Returns the number of
+    layers it covers; 0 when the kernel is ``stock``."""
+    if current_kernel() == "stock":
         return 0
     count = 0
     for module in model.modules():
@@ -85,8 +169,8 @@ def install_small_batch_linear(model: nn.Module) -> int:
     return count
 
 
-def uninstall_small_batch_linear(model: nn.Module) -> None:
-    """Give every layer :func:`install_small_batch_linear` touched its stock forward back."""
+def uninstall_cpu_linear(model: nn.Module) -> None:
+    """Give every layer :func:`install_cpu_linear` touched its stock forward back."""
     for module in model.modules():
         if getattr(module, _INSTALLED, False):
             del module.forward

@@ -61,9 +61,12 @@ class TargetModel:
         if self.lm_head is None:
             raise BeagleError(f"target {self.name!r} has no LM head (get_output_embeddings() is None)")
         if self.device.type == "cpu":
-            from beagle.target.cpu_linear import install_small_batch_linear
+            from beagle.target.cpu_attention import use_cpu_gqa_attention
+            from beagle.target.cpu_linear import install_cpu_linear
 
-            install_small_batch_linear(self.model)  # tree verification on a CPU: see beagle.target.cpu_linear
+            # Tree verification on a CPU: see beagle.target.cpu_linear and beagle.target.cpu_attention.
+            install_cpu_linear(self.model)
+            use_cpu_gqa_attention(self.model)
 
     # ----------------------------------------------------------------- facts
     @property
