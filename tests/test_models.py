@@ -119,8 +119,8 @@ def test_load_draft_accepts_shipped_names(monkeypatch, tmp_path, tiny_target):
     assert all(torch.equal(a, b) for a, b in zip(draft.state_dict().values(), loaded.state_dict().values()))
 
 
-def test_draft_logits_small_batch_path_matches_linear(tiny_target):
-    """The CPU few-rows path of DraftModel.logits computes the same logits as a plain linear layer."""
+def test_draft_logits_cpu_kernel_matches_linear(tiny_target):
+    """DraftModel.logits through the CPU linear kernel computes the same logits as a plain linear layer."""
     draft = build_draft(tiny_target, "beagle")
     head = tiny_target.model.get_output_embeddings().weight
     for rows in (1, 3, 9, 70):

@@ -136,8 +136,13 @@ class TargetModel:
 
     # --------------------------------------------------------------- compute
     def new_cache(self):
+        """An empty dynamic KV cache; on a CPU one that grows in place (:class:`beagle.target.cache.GrowingDynamicLayer`)."""
         from transformers import DynamicCache
 
+        if self.device.type == "cpu":
+            from beagle.target.cache import growing_dynamic_cache
+
+            return growing_dynamic_cache()
         return DynamicCache()
 
     @torch.no_grad()
