@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beagle.cli.common import add_static_arg, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
+from beagle.cli.common import add_draft_dtype_arg, add_static_arg, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
 from beagle.errors import BeagleError
 
 
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
                         help="draft checkpoint folder or shipped name (repeatable)")
     parser.add_argument("--draft-name", action="append", default=[],
                         help="name of the matching --draft in the results (repeatable; default: folder name)")
+    add_draft_dtype_arg(parser)
     parser.add_argument("--prompts", required=True,
                         help="mt-bench, humaneval, sharegpt-heldout, or a JSONL file of "
                              '{"prompt"|"turns"|"messages", optional "category"}')
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     drafts, paths = {}, {}
     for name, given in zip(names, args.draft):
         path = resolve_draft(given)
-        drafts[name] = load_draft(path, target=target)
+        drafts[name] = load_draft(path, target=target, dtype=args.draft_dtype)
         paths[name] = str(path)
     if args.no_concat:  # Beagle drafts: the no-concat variant only
         methods = _only_noconcat(methods, drafts)

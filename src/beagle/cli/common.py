@@ -15,8 +15,15 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 def add_draft_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", default=None, help="draft checkpoint folder (Beagle or EAGLE-2) or a shipped name (smollm2-beagle, "
                              "smollm2-eagle2); omit for plain decoding")
+    add_draft_dtype_arg(parser)
     add_tree_args(parser)
     add_static_arg(parser)
+
+
+def add_draft_dtype_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--draft-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="the draft's dtype (auto: bfloat16 beside a float32 target on a CPU with native bf16, "
+                             "else the target's); output is the target's either way")
 
 
 def add_static_arg(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +100,7 @@ def load_draft_from_args(args, target):
         return None
     from beagle.models.checkpoint import load_draft
 
-    return load_draft(resolve_draft(args.draft), target=target)
+    return load_draft(resolve_draft(args.draft), target=target, dtype=getattr(args, "draft_dtype", "auto"))
 
 
 def resolve_draft(name_or_path: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from beagle.cli.common import add_draft_dtype_arg
 from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_VOCAB
 
 
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
                              "file from `beagle vocab` (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    add_draft_dtype_arg(parser)
     parser.add_argument("--depth", type=int, default=None, help="draft tree depth (default 5; 2 on a CPU)")
     parser.add_argument("--tree-top-k", type=int, default=None,
                         help="children per expanded node (default 10; 2 on a CPU)")
@@ -66,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     log = sys.stderr
     print(f"loading {args.target} (fetched on first use) and the draft {draft_path} ...", file=log, flush=True)
     target = load_target(args.target, dtype=args.dtype, device=args.device)
-    draft = load_draft(draft_path, target=target)
+    draft = load_draft(draft_path, target=target, dtype=args.draft_dtype)
     draft.set_vocab(demo_vocab(args.draft_vocab, draft, args.target))
     vocab = (f"draft vocabulary {draft.vocab.size} of {target.vocab_size} tokens" if draft.vocab is not None
              else f"full vocabulary ({target.vocab_size} tokens)")
-    print(f"{target.name} on {target.device} ({str(target.dtype).replace('torch.', '')}), {draft.config.arch} draft, "
+    print(f"{target.name} on {target.device} ({str(target.dtype).replace('torch.', '')}), {draft.config.arch} draft "
+          f"({str(draft.dtype).replace('torch.', '')}), "
           f"{vocab}, tree depth {tree.depth} / top-k {tree.top_k} / {tree.total_tokens} tokens", file=log)
     print(f"answering {len(questions)} MT-Bench question(s), greedy, ≤ {args.max_new_tokens} new tokens, "
           "plain then Beagle ...\n", file=log, flush=True)

@@ -144,15 +144,21 @@ class DraftModel(nn.Module):
                               f"LM head ({head.weight.shape[0]} rows)")
         ids = self._vocab.ids.to(head.weight.device)
         with torch.no_grad():
-            weight = head.weight.detach().index_select(0, ids).contiguous()
+            weight = head.weight.detach().index_select(0, ids).to(self._vocab_dtype()).contiguous()
             bias = head.bias.detach().index_select(0, ids).contiguous() if head.bias is not None else None
         self._vocab_head = (weight, bias, ids)
+
+    def _vocab_dtype(self) -> torch.dtype:
+        """The gathered rows' dtype: the narrower of the head's and the draft's (a bf16 draft beside a float32
+        target drafts through bf16 rows; a float32 draft in training keeps the head's bf16)."""
+        head_dtype = self._parts()[1].weight.dtype
+        return self.dtype if self.dtype.itemsize < head_dtype.itemsize else head_dtype
 
     def _vocab_rows(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         head = self._parts()[1]
         rows = self._vocab_head
         # Python-side checks only (no device work): gather again if the target was moved or cast since.
-        if rows is None or rows[0].device != head.weight.device or rows[0].dtype != head.weight.dtype:
+        if rows is None or rows[0].device != head.weight.device or rows[0].dtype != self._vocab_dtype():
             self._gather_vocab_rows()
             rows = self._vocab_head
         return rows

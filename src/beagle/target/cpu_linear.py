@@ -89,9 +89,12 @@ def use_kernel(kernel: str):
         _kernel = previous
 
 
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def takes_cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True for a float32 CPU product outside autograd with at least one row."""
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or x.dtype != torch.float32:
+    if weight.device.type != "cpu" or x.dtype != weight.dtype or weight.dtype not in _DTYPES:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
