@@ -14,7 +14,7 @@ def test_default_tree_by_device():
     assert default_tree("cpu") == TreeSettings(**CPU_TREE)
     assert default_tree("cuda:0") == TreeSettings(5, 10, 60)
     assert default_tree("mps") == TreeSettings(5, 10, 60)
-    assert CPU_TREE["total_tokens"] + 1 <= 4  # root + draft tokens: the pass size that costs about one step
+    assert CPU_TREE["total_tokens"] + 1 <= 12  # root + draft tokens: a pass that costs about one step on a CPU
 
 
 def test_cli_tree_defaults_and_overrides():

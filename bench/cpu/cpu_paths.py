@@ -6,9 +6,11 @@ Configurations, each a step on the one before (``--configs``; the last is what a
 - ``columns``: the ``(W @ xᵀ)ᵀ`` small-batch kernel (the default before oneDNN);
 - ``onednn``: oneDNN linears with pre-packed weights (``beagle.target.cpu_linear``);
 - ``onednn+gqa``: + grouped-query SDPA with a mask without ``repeat_kv`` copies (``beagle.target.cpu_attention``);
-- ``onednn+gqa+growing``: + a KV cache that grows in place (``beagle.target.cache.GrowingDynamicLayer``).
+- ``onednn+gqa+growing``: + a KV cache that grows in place (``beagle.target.cache.GrowingDynamicLayer``);
+- ``onednn+gqa+growing+bf16-draft``: + the draft in bfloat16 (``--draft-dtype auto`` on a CPU with native bf16).
 
-Two parts, SmolLM2-135M-Instruct in float32 with the shipped Beagle draft and the demo's draft vocabulary:
+Two parts, SmolLM2-135M-Instruct in float32 with the shipped Beagle draft (float32 unless the configuration
+says bf16-draft) and the demo's draft vocabulary:
 
 1. One target pass after a 200-token context: a plain step (1 token, no mask) and a verification pass over
    k tokens (a tree mask), each with the LM head; --pass-repeats per configuration, interleaved; medians.
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-CONFIGS = ("stock", "columns", "onednn", "onednn+gqa", "onednn+gqa+growing")
+CONFIGS = ("stock", "columns", "onednn", "onednn+gqa", "onednn+gqa+growing", "onednn+gqa+growing+bf16-draft")
 PASS_TOKENS = (2, 3, 4, 6, 8, 10, 12, 16)
 
 
@@ -61,6 +63,10 @@ def configured(config: str, target):
     finally:
         del target.new_cache  # the instance attribute; the class method again
         target.model.set_attn_implementation(before)
+
+
+def draft_dtype(config: str) -> str:
+    return "bfloat16" if config.endswith("bf16-draft") else "float32"
 
 
 def pass_costs(target, configs, repeats: int) -> dict:
@@ -126,8 +132,10 @@ def main() -> None:
     from vocab_sweep import parse_trees  # bench/cpu/vocab_sweep.py, next to this script
 
     target = load_target("smollm2", dtype="float32", device="cpu")
-    draft = load_draft(resolve_draft(args.draft), target)
-    draft.set_vocab(load_vocab(DEMO_VOCAB))
+    drafts = {}
+    for dtype in ("float32", "bfloat16"):
+        drafts[dtype] = load_draft(resolve_draft(args.draft), target, dtype=dtype)
+        drafts[dtype].set_vocab(load_vocab(DEMO_VOCAB))
     trees = parse_trees(args.trees)
 
     costs = pass_costs(target, configs, args.pass_repeats)
@@ -135,15 +143,16 @@ def main() -> None:
 
     prompts = [target.encode_chat([{"role": "user", "content": q["prompt"]}]) for q in mt_bench_prompts(args.questions)]
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=0.0)
-    generators = {"ar": SpeculativeGenerator(target)}
-    for tree in trees:
-        generators[f"beagle-{'/'.join(map(str, tree))}"] = SpeculativeGenerator(target, draft, TreeSettings(*tree))
-    methods = list(generators)
+    generators = {dtype: {"ar": SpeculativeGenerator(target)} for dtype in drafts}
+    for dtype, draft in drafts.items():
+        for tree in trees:
+            generators[dtype][f"beagle-{'/'.join(map(str, tree))}"] = SpeculativeGenerator(target, draft, TreeSettings(*tree))
+    methods = list(generators["float32"])
     totals = {(config, method): {"tokens": 0, "seconds": 0.0, "passes": 0, "draft_s": 0.0, "verify_s": 0.0,
                                  "exact": 0, "turns": 0} for config in configs for method in methods}
     for config in configs:  # warm-up: packing, allocations
         with configured(config, target):
-            for generator in generators.values():
+            for generator in generators[draft_dtype(config)].values():
                 generator.generate(prompts[0], settings, max_new_tokens=8)
     turn = 0
     for repeat in range(args.repeats):
@@ -154,7 +163,7 @@ def main() -> None:
                 with configured(config, target):
                     reference = None
                     for method in methods:
-                        output = generators[method].generate(prompt, settings)
+                        output = generators[draft_dtype(config)][method].generate(prompt, settings)
                         if method == "ar":
                             reference = output.token_ids
                         row = totals[(config, method)]

@@ -9,18 +9,20 @@ chosen per process (``BEAGLE_CPU_LINEAR`` or :func:`use_kernel`):
 
 - ``onednn`` (the default where PyTorch has oneDNN): the weight is re-laid-out once into oneDNN's blocked
   format (``torch.ops.mkldnn._reorder_linear_weight``, the same call ``torch.compile`` uses when it freezes a
-  CPU model) and every product runs ``torch.ops.mkldnn._linear_pointwise``. Measured on that CPU
-  (``docs/results/cpu-linear-kernels.md``): a pass over 1 / 4 / 8 / 12 tokens took 35 / 40 / 44 / 45 ms, and
-  a 600-token prefill half the stock time. The packed copy costs one more copy of the weights in memory; it
-  is made on first use and made again when the weight changes (its version counter moves).
+  CPU model) and every product runs ``torch.ops.mkldnn._linear_pointwise``. On that CPU the 211 linears
+  of one SmolLM2-shaped pass over 1 / 4 / 8 / 12 rows took 19 / 18 / 23 / 21 ms, against 44 / 55 / 50 / 57 ms stock, and a
+  600-token prefill half the stock time (``docs/results/cpu-paths.md`` has whole passes). The packed copy
+  costs one more copy of the weights in memory; it is made on first use and made again when the weight
+  changes (its version counter moves). float32 and bfloat16 (a bf16 draft beside a float32 target).
 - ``columns``: ``(W @ xᵀ)ᵀ`` for 1..``CPU_SMALL_BATCH_ROWS`` rows, 1 and 3 rows padded by one (2 and 4
-  columns hit MKL's fast small-N kernel): 41 / 48 / 90 ms for 1 / 4 / 8 tokens. The fallback without oneDNN.
+  columns hit MKL's fast small-N kernel; float32 only): fast up to 4 rows, slow from 6. The fallback without
+  oneDNN.
 - ``stock``: ``nn.functional.linear``.
 
-:func:`install_cpu_linear` routes every ``nn.Linear`` of a model through :func:`cpu_linear`. Only float32 CPU
-products outside autograd take another kernel: a model later moved to a GPU or cast to bf16, and training,
-run the stock one. Plain and speculative decoding share the same model object, so every comparison runs the
-same kernels, and plain decoding gets faster too. All kernels sum the same float32 terms in another order:
+:func:`install_cpu_linear` routes every ``nn.Linear`` of a model through :func:`cpu_linear`. Only float32 (and,
+with oneDNN, bfloat16) CPU products outside autograd take another kernel: a model later moved to a GPU, and
+training, run the stock one. Plain and speculative decoding share the same model object, so every comparison
+runs the same kernels, and plain decoding gets faster too. All kernels sum the same float32 terms in another order:
 results agree to rounding, and the greedy-equality tests cover it.
 """
 
@@ -93,7 +95,7 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def takes_cpu_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True for a float32 CPU product outside autograd with at least one row."""
+    """True for a float32 or bfloat16 CPU product outside autograd with at least one row."""
     if weight.device.type != "cpu" or x.dtype != weight.dtype or weight.dtype not in _DTYPES:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
@@ -141,7 +143,7 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 def _columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     rows = small_batch_rows(x, weight)
-    if not rows:
+    if not rows or weight.dtype != torch.float32:
         return nn.functional.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     if rows in PADDED_ROWS:  # 1 and 3 columns run slower than 2 and 4: pad with a copy of the last row
