@@ -62,13 +62,25 @@ def test_routing_rules():
     weight = torch.randn(8, 4)
     assert takes_cpu_kernel(torch.randn(1, 4), weight)
     assert not takes_cpu_kernel(torch.randn(0, 4), weight)
-    assert not takes_cpu_kernel(torch.randn(2, 4, dtype=torch.bfloat16), weight.bfloat16())  # fp32 only
+    assert takes_cpu_kernel(torch.randn(2, 4, dtype=torch.bfloat16), weight.bfloat16())  # a bf16 draft
+    assert not takes_cpu_kernel(torch.randn(2, 4, dtype=torch.float16), weight.half())
+    assert not takes_cpu_kernel(torch.randn(2, 4, dtype=torch.bfloat16), weight)  # mixed dtypes: stock
     trainable = torch.randn(8, 4, requires_grad=True)
     assert not takes_cpu_kernel(torch.randn(2, 4), trainable)  # autograd: stock kernel
     with torch.no_grad():
         assert takes_cpu_kernel(torch.randn(2, 4), trainable)
     assert small_batch_rows(torch.randn(2, 3, 4), weight) == 6
     assert small_batch_rows(torch.randn(CPU_SMALL_BATCH_ROWS + 1, 4), weight) == 0  # columns: prefill is stock
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+def test_bf16_products_match_linear(kernel):
+    x = torch.randn(1, 7, 48).bfloat16()
+    weight = torch.randn(80, 48).bfloat16()
+    with use_kernel(kernel):
+        out = linear(x, weight)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), nn.functional.linear(x, weight).float(), rtol=2e-2, atol=2e-1)
 
 
 @pytest.mark.parametrize("kernel", AVAILABLE)
