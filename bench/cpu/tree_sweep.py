@@ -5,7 +5,7 @@ On a CPU a target pass costs roughly in proportion to the tokens it verifies, so
 interleaved per prompt (`beagle.bench.harness.run_benchmark`), greedy, fp32, and prints tokens/s,
 speedup over AR, τ and exact match. The first CPU tree (2/2/4) was picked from this sweep
 (docs/results/cpu-tree-sweep.md, before small-batch linears); the current one, `beagle.decoding.tree.CPU_TREE`,
-from bench/cpu/vocab_sweep.py and bench/cpu/small_batch.py (docs/results/cpu-small-batch.md).
+from bench/cpu/cpu_paths.py (docs/results/cpu-tree-sweep-onednn.md).
 
     python bench/cpu/tree_sweep.py --questions 3 --max-new-tokens 96 --out docs/results/cpu-tree-sweep.json
 """

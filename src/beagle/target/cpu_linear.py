@@ -132,9 +132,10 @@ def _forget(key: int, _reference: weakref.ref) -> None:
 
 def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``nn.functional.linear(x, weight, bias)``: x [..., d], weight [R, d], bias [R] | None -> [..., R],
-    through the process's CPU kernel where :func:`takes_cpu_kernel` says so."""
+    through the process's CPU kernel where :func:`takes_cpu_kernel` says so. Under ``torch.compile`` it is the
+    stock call: the compiler packs weights itself, and the Python bookkeeping here would break its graph."""
     kernel = current_kernel()
-    if kernel == "stock" or not takes_cpu_kernel(x, weight):
+    if kernel == "stock" or torch.compiler.is_compiling() or not takes_cpu_kernel(x, weight):
         return nn.functional.linear(x, weight, bias)
     if kernel == "onednn":
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed_weight(weight), bias, "none", [], "")
