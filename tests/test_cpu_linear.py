@@ -142,3 +142,12 @@ def test_use_kernel_rejects_an_unknown_name_and_restores_the_previous_one():
     with use_kernel("stock"):
         assert cpu_linear.current_kernel() == "stock"
     assert cpu_linear.current_kernel() == before
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_bf16_without_native_support_takes_the_stock_call(monkeypatch):
+    monkeypatch.setattr(cpu_linear, "onednn_bf16_supported", lambda: False)
+    monkeypatch.setattr(cpu_linear, "packed_weight", lambda weight: pytest.fail("packed a bf16 weight"))
+    x, weight = torch.randn(3, 48).bfloat16(), torch.randn(80, 48).bfloat16()
+    with use_kernel("onednn"):
+        torch.testing.assert_close(linear(x, weight), nn.functional.linear(x, weight))

@@ -53,6 +53,12 @@ def onednn_available() -> bool:
                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+@functools.lru_cache(maxsize=1)
+def onednn_bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 kernels (AVX512-BF16 / AMX, or the AVX-512 emulation)."""
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def kernel_from_environment() -> str:
     """``BEAGLE_CPU_LINEAR`` (onednn | columns | stock); unset: onednn where available, else columns.
     An unknown value raises BeagleError naming the choices."""
@@ -138,6 +144,8 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if kernel == "stock" or torch.compiler.is_compiling() or not takes_cpu_kernel(x, weight):
         return nn.functional.linear(x, weight, bias)
     if kernel == "onednn":
+        if weight.dtype == torch.bfloat16 and not onednn_bf16_supported():
+            return nn.functional.linear(x, weight, bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed_weight(weight), bias, "none", [], "")
     return _columns_linear(x, weight, bias)
 
