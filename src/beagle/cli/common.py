@@ -46,11 +46,13 @@ def decoding_path(args) -> dict:
 
 
 def add_tree_args(parser: argparse.ArgumentParser) -> None:
+    """--depth / --tree-top-k / --total-tokens (None: the device's default tree, see :func:`tree_settings`).
+    The help repeats beagle.decoding.tree's defaults as text: importing it here would import torch for --help."""
     parser.add_argument("--depth", type=int, default=None, help="draft tree depth (default 5; 2 on a CPU)")
     parser.add_argument("--tree-top-k", type=int, default=None,
-                        help="children per expanded node (default 10; 2 on a CPU)")
+                        help="children per expanded node (default 10; 6 on a CPU)")
     parser.add_argument("--total-tokens", type=int, default=None,
-                        help="draft tokens verified per round (default 60; 3 on a CPU)")
+                        help="draft tokens verified per round (default 60; 8 on a CPU)")
     parser.add_argument("--no-concat", action="store_true",
                         help="Beagle: draft states are not appended as keys/values while drafting")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from beagle.cli.common import add_draft_dtype_arg
+from beagle.cli.common import add_draft_dtype_arg, add_tree_args
 from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_VOCAB
 
 
@@ -33,13 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     add_draft_dtype_arg(parser)
-    parser.add_argument("--depth", type=int, default=None, help="draft tree depth (default 5; 2 on a CPU)")
-    parser.add_argument("--tree-top-k", type=int, default=None,
-                        help="children per expanded node (default 10; 2 on a CPU)")
-    parser.add_argument("--total-tokens", type=int, default=None,
-                        help="draft tokens verified per round (default 60; 3 on a CPU)")
-    parser.add_argument("--no-concat", action="store_true",
-                        help="Beagle: draft states are not appended as keys/values while drafting")
+    add_tree_args(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.set_defaults(func=run)
 

@@ -151,8 +151,9 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def _columns_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    rows = small_batch_rows(x, weight)
-    if not rows or weight.dtype != torch.float32:
+    """The ``columns`` kernel, for a product :func:`takes_cpu_kernel` accepted (float32 only)."""
+    rows = x.numel() // x.shape[-1]
+    if rows > CPU_SMALL_BATCH_ROWS or weight.dtype != torch.float32:
         return nn.functional.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     if rows in PADDED_ROWS:  # 1 and 3 columns run slower than 2 and 4: pad with a copy of the last row
