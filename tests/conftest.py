@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from beagle.target.model import TargetModel
+from beagle.target_model.model import TargetModel
 
 TINY = dict(
     hidden_size=64,

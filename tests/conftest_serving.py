@@ -105,7 +105,7 @@ def tiny_parts():
 
 
 def tiny_target():
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
 
     model, tokenizer = tiny_parts()
     return TargetModel(model, tokenizer, name="tiny-chat")

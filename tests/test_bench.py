@@ -51,7 +51,7 @@ def _model():
 @pytest.fixture(scope="module")
 def tiny():
     from beagle.models.checkpoint import build_draft
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
 
     target = TargetModel(_model(), _tokenizer(), name="tiny-llama")
     torch.manual_seed(1)
@@ -160,7 +160,7 @@ def test_time_budget_stops_between_prompts(tiny):
 
 
 def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked(monkeypatch):
-    from beagle.target.attention_backend import configure_attention, cudnn_sdp_backend
+    from beagle.kernels.attention_backend import configure_attention, cudnn_sdp_backend
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with cudnn_sdp_backend(True):  # restores the setting afterwards
@@ -175,7 +175,7 @@ def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked(monkeypatch):
 
 
 def test_cudnn_sdp_backend_is_restored():
-    from beagle.target.attention_backend import cudnn_sdp_backend
+    from beagle.kernels.attention_backend import cudnn_sdp_backend
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with cudnn_sdp_backend(not before):

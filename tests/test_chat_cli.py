@@ -26,7 +26,7 @@ def folders(tmp_path_factory):
 def reference_replies(target_dir: str, turns: list[str], max_new_tokens: int) -> list[str]:
     """Plain greedy decoding of the same conversation (the target reloaded from its folder, as the CLI does)."""
     from beagle.decoding.engine import SpeculativeGenerator
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     target = load_target(target_dir, device="cpu")
     plain = SpeculativeGenerator(target)

@@ -23,7 +23,7 @@ from test_training_support import conversations, tiny_model, tiny_tokenizer, wri
 def folders(tmp_path_factory):
     """A tiny target (HF folder), a draft trained for it, damaged copies of both, an empty folder, data files."""
     from beagle.models.checkpoint import build_draft, save_draft
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
 
     root = tmp_path_factory.mktemp("hostile")
     tokenizer = tiny_tokenizer()

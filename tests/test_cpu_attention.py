@@ -1,13 +1,13 @@
-"""Grouped-query SDPA with a mask on a CPU (beagle.target.cpu_attention): the same attention as transformers'
+"""Grouped-query SDPA with a mask on a CPU (beagle.kernels.cpu_attention): the same attention as transformers'
 sdpa, installed on CPU targets, handing other calls to transformers."""
 
 import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from beagle.target.cache import tree_attention_mask
-from beagle.target.cpu_attention import IMPLEMENTATION, cpu_gqa_sdpa_attention, use_cpu_gqa_attention
-from beagle.target.session import DynamicSession
+from beagle.target_model.cache import tree_attention_mask
+from beagle.kernels.cpu_attention import IMPLEMENTATION, cpu_gqa_sdpa_attention, use_cpu_gqa_attention
+from beagle.target_model.session import DynamicSession
 from tests.conftest import FAMILIES, make_tiny_target
 
 

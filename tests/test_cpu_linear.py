@@ -1,4 +1,4 @@
-"""CPU linear kernels (beagle.target.cpu_linear): oneDNN with packed weights, the columns kernel and the stock
+"""CPU linear kernels (beagle.kernels.cpu_linear): oneDNN with packed weights, the columns kernel and the stock
 one compute nn.functional.linear; routing, packing, installation and the environment switch."""
 
 import gc
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from beagle.errors import BeagleError
-from beagle.target import cpu_linear
-from beagle.target.cpu_linear import (CPU_SMALL_BATCH_ROWS, KERNELS, cpu_linear as linear, install_cpu_linear,
+from beagle.kernels import cpu_linear
+from beagle.kernels.cpu_linear import (CPU_SMALL_BATCH_ROWS, KERNELS, cpu_linear as linear, install_cpu_linear,
                                       kernel_from_environment, onednn_available, packed_weight, small_batch_rows,
                                       takes_cpu_kernel, uninstall_cpu_linear, use_kernel)
 from tests.conftest import make_tiny_target

@@ -10,7 +10,7 @@ from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError
 from beagle.models.checkpoint import build_draft, inference_draft_dtype, load_draft, save_draft
-from beagle.target.cpu_linear import onednn_bf16_supported, use_kernel
+from beagle.kernels.cpu_linear import onednn_bf16_supported, use_kernel
 from beagle.vocab.core import DraftVocab
 from tests.conftest import make_tiny_target
 from tests.drafts import make_bigram, oracle_draft

@@ -52,7 +52,7 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
     import torch
 
     from beagle.models.checkpoint import build_draft, save_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
     from test_training_support import conversations, tiny_model, tiny_tokenizer
 
     target = tmp_path / "target"

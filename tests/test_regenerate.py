@@ -14,10 +14,10 @@ import torch.multiprocessing as mp
 from beagle.cli.main import main
 from beagle.decoding.engine import SpeculativeGenerator
 from beagle.errors import DataError
-from beagle.training import regenerate as regen
-from beagle.training.data import ChatDataset
-from beagle.training.distributed import Distributed
-from beagle.training.regenerate import RegenerateSettings, regenerate_file
+from beagle.data import regenerate as regen
+from beagle.data.conversations import ChatDataset
+from beagle.ranks import Distributed
+from beagle.data.regenerate import RegenerateSettings, regenerate_file
 from test_training_support import conversations, tiny_chat_target, write_jsonl
 
 # initializer_range 0.1: varied greedy text; some answers end with EOS, others at the token limit

@@ -162,7 +162,7 @@ class RecordingTokenizer:
 
 def test_a_prompt_far_over_the_context_is_refused_after_a_prefix():
     from beagle.errors import PromptTooLongError
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
     from conftest_serving import tiny_parts
 
     model, tokenizer = tiny_parts()

@@ -13,7 +13,7 @@ from beagle.decoding.engine import SpeculativeGenerator
 from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.tree import TreeSettings
 from beagle.models.checkpoint import build_draft, load_draft
-from beagle.target.model import load_target
+from beagle.target_model.model import load_target
 
 pytestmark = pytest.mark.slow
 

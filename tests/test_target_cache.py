@@ -1,10 +1,10 @@
-"""The CPU target's KV cache that grows in place (beagle.target.cache.GrowingDynamicLayer): the same keys and
+"""The CPU target's KV cache that grows in place (beagle.target_model.cache.GrowingDynamicLayer): the same keys and
 values as transformers' DynamicCache through updates, crops, tree keeps and growth past its buffer."""
 
 import torch
 from transformers import DynamicCache
 
-from beagle.target.cache import GROWTH_MIN, GrowingDynamicLayer, growing_dynamic_cache, keep_cache_entries
+from beagle.target_model.cache import GROWTH_MIN, GrowingDynamicLayer, growing_dynamic_cache, keep_cache_entries
 from tests.conftest import make_tiny_target
 
 

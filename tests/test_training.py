@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from beagle.models.checkpoint import build_draft, load_draft
-from beagle.training.data import ChatDataset
-from beagle.training.features import FeatureDataset, generate_features
+from beagle.data.conversations import ChatDataset
+from beagle.data.features import FeatureDataset, generate_features
 from beagle.training.masks import inverse_block_mask, window_positions
 from beagle.training.objectives import (
     BeagleStage2,

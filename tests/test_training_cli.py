@@ -9,7 +9,7 @@ import pytest
 
 from beagle.cli.main import main
 from beagle.models.checkpoint import load_draft
-from beagle.target.model import load_target
+from beagle.target_model.model import load_target
 from test_training_support import conversations, tiny_model, tiny_tokenizer, write_jsonl
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

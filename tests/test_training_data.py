@@ -5,7 +5,7 @@ import json
 import pytest
 
 from beagle.errors import DataError
-from beagle.training.data import (
+from beagle.data.conversations import (
     ChatDataset,
     ChatEncoder,
     DataReport,
@@ -188,7 +188,7 @@ def test_named_sharegpt_data_is_the_training_split(tmp_path, monkeypatch):
 
     import beagle.assets.registry as registry
     from beagle.assets import datasets
-    from beagle.training.data import resolve_data_path
+    from beagle.data.conversations import resolve_data_path
 
     dump = tmp_path / "sharegpt.jsonl"
     records = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}

@@ -108,8 +108,8 @@ def test_fsdp_matches_one_process(tmp_path, data, arch, fsdp, extra):
 
 def test_fsdp_from_offline_features(tmp_path, data):
     """--features with a sharded draft and target: the target never runs, the sharded draft trains the same."""
-    from beagle.training.data import ChatDataset
-    from beagle.training.features import generate_features
+    from beagle.data.conversations import ChatDataset
+    from beagle.data.features import generate_features
 
     target = tiny_target(VOCAB, seed=0)
     features = generate_features(target, ChatDataset.from_file(data, None, 2048), tmp_path / "features",

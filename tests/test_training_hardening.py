@@ -16,9 +16,9 @@ import torch
 
 from beagle.errors import BeagleError, DataError, IncompatibleDraftError
 from beagle.models.checkpoint import build_draft, load_draft, save_draft
-from beagle.target.model import TargetModel
-from beagle.training.data import ChatDataset
-from beagle.training.features import FeatureDataset, generate_features
+from beagle.target_model.model import TargetModel
+from beagle.data.conversations import ChatDataset
+from beagle.data.features import FeatureDataset, generate_features
 from beagle.training.trainer import STATE_NAME, TrainConfig, train
 from conftest_serving import subprocess_env
 from test_training_support import pretokenized, tiny_model, tiny_target, write_jsonl
@@ -71,8 +71,8 @@ train(TrainConfig(data={data!r}, out={out!r}, epochs_stage1=1, epochs_stage2=1, 
 
 KILLED_DATAGEN = """
 import os
-import beagle.training.features as features
-from beagle.training.data import ChatDataset
+import beagle.data.features as features
+from beagle.data.conversations import ChatDataset
 from test_training_support import tiny_target
 
 real = features.save_file
@@ -235,7 +235,7 @@ def as_dtype(target: TargetModel, dtype) -> TargetModel:
 
 
 def test_fingerprint_survives_dtypes_and_tells_weights_apart(target):
-    from beagle.target.fingerprint import same_weights
+    from beagle.target_model.fingerprint import same_weights
 
     mine = target.weights_fingerprint()
     assert as_dtype(target, torch.bfloat16).weights_fingerprint() == mine  # bf16 of the same weights: identical
@@ -281,7 +281,7 @@ def test_drafts_without_a_fingerprint_still_load(tmp_path, target, caplog, monke
 def test_shipped_drafts_load_for_smollm2_in_both_dtypes(caplog):
     """drafts/ carry the fingerprint of the SmolLM2 weights they were trained on: they load in fp32 and bf16, no warning."""
     from beagle.assets.shipped import shipped_draft_path
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     if shipped_draft_path("smollm2-beagle") is None:
         pytest.skip("shipped drafts not present")

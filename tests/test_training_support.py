@@ -63,7 +63,7 @@ def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, initialize
 
 
 def tiny_target(vocab_size: int = 97, seed: int = 0, tokenizer=None, initializer_range: float = 0.02):
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
 
     return TargetModel(tiny_model(vocab_size, seed, initializer_range=initializer_range), tokenizer=tokenizer,
                        name="tiny")

@@ -14,7 +14,7 @@ from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError
 from beagle.models.checkpoint import build_draft, load_draft, save_draft
 from beagle.vocab import VOCAB_FILE_NAME, DraftVocab, build_vocab, load_vocab
-from beagle.vocab.counting import count_assistant_tokens, load_chat_examples, write_draft_with_vocab
+from beagle.data.vocab_counts import count_assistant_tokens, load_chat_examples, write_draft_with_vocab
 from tests.conftest import FAMILIES, make_tiny_target
 from tests.drafts import make_bigram, oracle_draft
 
@@ -101,7 +101,7 @@ def test_cli_vocab_reports_coverage_and_round_trips(tmp_path, capsys):
 
 
 def load_draft_target(folder):
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     return load_target(folder, device="cpu")
 

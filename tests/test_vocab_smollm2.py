@@ -15,7 +15,7 @@ from beagle.decoding.tree import TreeSettings
 from beagle.models.checkpoint import load_draft
 from beagle.decoding.tree import CPU_TREE
 from beagle.serving.demo import DEMO_VOCAB
-from beagle.target.model import load_target
+from beagle.target_model.model import load_target
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,12 +1,12 @@
-"""CPU decoding paths side by side in one process: linear kernel, attention and KV cache (beagle.target).
+"""CPU decoding paths side by side in one process: linear kernel, attention and KV cache (beagle.target_model).
 
 Configurations, each a step on the one before (``--configs``; the last is what a CPU target gets by default):
 
 - ``stock``: ``nn.functional.linear``, transformers' ``sdpa`` attention, transformers' ``DynamicCache``;
 - ``columns``: the ``(W @ xᵀ)ᵀ`` small-batch kernel (the default before oneDNN);
-- ``onednn``: oneDNN linears with pre-packed weights (``beagle.target.cpu_linear``);
-- ``onednn+gqa``: + grouped-query SDPA with a mask without ``repeat_kv`` copies (``beagle.target.cpu_attention``);
-- ``onednn+gqa+growing``: + a KV cache that grows in place (``beagle.target.cache.GrowingDynamicLayer``);
+- ``onednn``: oneDNN linears with pre-packed weights (``beagle.kernels.cpu_linear``);
+- ``onednn+gqa``: + grouped-query SDPA with a mask without ``repeat_kv`` copies (``beagle.kernels.cpu_attention``);
+- ``onednn+gqa+growing``: + a KV cache that grows in place (``beagle.target_model.cache.GrowingDynamicLayer``);
 - ``onednn+gqa+growing+bf16-draft``: + the draft in bfloat16 (``--draft-dtype auto`` on a CPU with native bf16).
 
 Two parts, SmolLM2-135M-Instruct in float32 with the shipped Beagle draft (float32 unless the configuration
@@ -48,9 +48,9 @@ def configured(config: str, target):
     """Run the block with ``config``'s kernel, attention and cache on ``target`` (restored afterwards)."""
     from transformers import DynamicCache
 
-    from beagle.target.cache import growing_dynamic_cache
-    from beagle.target.cpu_attention import IMPLEMENTATION, register
-    from beagle.target.cpu_linear import use_kernel
+    from beagle.target_model.cache import growing_dynamic_cache
+    from beagle.kernels.cpu_attention import IMPLEMENTATION, register
+    from beagle.kernels.cpu_linear import use_kernel
 
     kernel = {"stock": "stock", "columns": "columns"}.get(config, "onednn")
     register()
@@ -71,7 +71,7 @@ def draft_dtype(config: str) -> str:
 
 def pass_costs(target, configs, repeats: int) -> dict:
     """Median ms per configuration: 'step' (one token, no mask) and k = PASS_TOKENS (a verification pass)."""
-    from beagle.target.session import DynamicSession
+    from beagle.target_model.session import DynamicSession
 
     generator = torch.Generator().manual_seed(0)
     context = torch.randint(0, target.vocab_size, (1, 200), generator=generator)
@@ -127,7 +127,7 @@ def main() -> None:
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft
     from beagle.serving.demo import DEMO_VOCAB, mt_bench_prompts
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
     from beagle.vocab.core import load_vocab
     from vocab_sweep import parse_trees  # bench/cpu/vocab_sweep.py, next to this script
 

@@ -27,7 +27,7 @@ def main() -> None:
     from beagle.decoding.sampling import GenerationSettings
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     target = load_target("smollm2", dtype="float32", device="cpu")
     draft = load_draft("smollm2-beagle", target)

@@ -38,7 +38,7 @@ def main() -> None:
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft
     from beagle.serving.demo import mt_bench_prompts
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     target = load_target("smollm2", dtype="float32", device="cpu")
     draft = load_draft(resolve_draft(args.draft), target)

@@ -99,9 +99,9 @@ def main() -> None:
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft
     from beagle.serving.demo import mt_bench_prompts
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
     from beagle.vocab.core import build_vocab
-    from beagle.vocab.counting import count_assistant_tokens, load_chat_examples
+    from beagle.data.vocab_counts import count_assistant_tokens, load_chat_examples
 
     json_path, md_path = output_paths(args.out)
     trees = parse_trees(args.trees or (GPU_TREES if args.device.startswith("cuda") else CPU_TREES))

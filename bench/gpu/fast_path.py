@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--no-fp32-check", dest="fp32_check", action="store_false")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from beagle.target.attention_backend import configure_attention
+    from beagle.kernels.attention_backend import configure_attention
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     configure_attention(device)

@@ -20,7 +20,7 @@ def random_target(shape: str, layers: int, device: str, dtype: torch.dtype):
     built directly on ``device`` in ``dtype``; frozen, no tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from beagle.target.model import TargetModel
+    from beagle.target_model.model import TargetModel
 
     config = LlamaConfig(num_hidden_layers=layers, max_position_embeddings=8192, **SHAPES[shape])
     torch.manual_seed(0)

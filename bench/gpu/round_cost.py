@@ -11,7 +11,7 @@ and, for reference, plain AR decoding (ms per token; on CUDA with cuDNN attentio
 target forward of 61 tokens. round_over_ar_token divides by the faster AR setting.
 
 PyTorch's cuDNN attention is off, as in every Beagle entry point on CUDA (--cudnn-sdp keeps it on, to
-measure what its per-shape planning costs: see beagle.target.attention_backend).
+measure what its per-shape planning costs: see beagle.kernels.attention_backend).
 
     PYTHONPATH=src python bench/gpu/round_cost.py --out $OUT/round_cost.json          # GPU
     PYTHONPATH=src python bench/gpu/round_cost.py --tiny --out /tmp/round_cost.json    # CPU smoke test
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from beagle.target.attention_backend import cudnn_sdp_backend
+from beagle.kernels.attention_backend import cudnn_sdp_backend
 
 
 def build(tiny: bool, device: str, shape: str = "llama-3.1-8b", layers: int = 32):
@@ -93,7 +93,7 @@ def measure(args, device: str) -> None:
     from beagle.decoding.sampling import GenerationSettings, choose_tokens
     from beagle.decoding.tree import TreeSettings, build_tree
     from beagle.decoding.verify import accept_path
-    from beagle.target.cache import keep_cache_entries, tree_attention_mask
+    from beagle.target_model.cache import keep_cache_entries, tree_attention_mask
 
     layers = args.layers or (30 if args.shape == "smollm2" else 32)
     target, draft = build(args.tiny, device, args.shape, layers)

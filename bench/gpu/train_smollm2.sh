@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from beagle.models.checkpoint import load_draft, save_draft
-from beagle.target.model import load_target
+from beagle.target_model.model import load_target
 
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 target = load_target("smollm2", dtype="bfloat16", device="cpu")

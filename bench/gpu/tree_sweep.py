@@ -34,7 +34,7 @@ def main() -> None:
     from beagle.decoding.sampling import GenerationSettings
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     trees = TREES if args.trees is None else [tuple(int(v) for v in t.split("/")) for t in args.trees.split(",")]
     target = load_target("smollm2", device=args.device)

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from beagle.models.checkpoint import load_draft
-from beagle.target.model import load_target
-from beagle.training.features import FeatureDataset
+from beagle.target_model.model import load_target
+from beagle.data.features import FeatureDataset
 from beagle.vocab.core import coverage_of_sizes, load_vocab
-from beagle.vocab.counting import count_assistant_tokens, dataset_sequences, vocab_from_counts, write_draft_with_vocab
+from beagle.data.vocab_counts import count_assistant_tokens, dataset_sequences, vocab_from_counts, write_draft_with_vocab
 
 SHIPPED = Path(__file__).resolve().parents[2] / "drafts" / "smollm2-vocab-8192.safetensors"
 

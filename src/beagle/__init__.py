@@ -12,8 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_target": "beagle.target.model",
-    "TargetModel": "beagle.target.model",
+    "load_target": "beagle.target_model.model",
+    "TargetModel": "beagle.target_model.model",
     "BeagleDraft": "beagle.models.beagle",
     "Eagle2Draft": "beagle.models.eagle2",
     "DraftConfig": "beagle.models.config",

@@ -25,7 +25,7 @@ message (taken from the ``ar`` method at temperature 0, otherwise from an extra 
 AR generation).
 
 cuDNN attention: by default the run disables PyTorch's cuDNN SDPA backend (``cudnn_sdp=False``), for
-every method, as every Beagle entry point does on CUDA (:mod:`beagle.target.attention_backend`). cuDNN
+every method, as every Beagle entry point does on CUDA (:mod:`beagle.kernels.attention_backend`). cuDNN
 builds an execution plan for every new attention shape (query length × key length) and decoding meets a
 new one at nearly every call: measured on an H200 (torch 2.11, bf16, ``bench/gpu/round_cost.py``), plain
 AR decoding took 60–67 ms per token with it and 24 ms without; a speculative round 179 ms vs 49 ms.
@@ -64,7 +64,7 @@ from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, default_tree
 from beagle.errors import BeagleError
-from beagle.target.attention_backend import cudnn_sdp_backend
+from beagle.kernels.attention_backend import cudnn_sdp_backend
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def run_benchmark(
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
-    target: a :class:`~beagle.target.model.TargetModel`; drafts: {name: draft model};
+    target: a :class:`~beagle.target_model.model.TargetModel`; drafts: {name: draft model};
     prompts: :class:`~beagle.bench.prompts.BenchPrompt` s (or strings / prompt-file records);
     settings: generation settings shared by every method (no stop strings; seed = base seed, the
     n-th prompt turn uses seed + n); methods: see :func:`resolve_methods`; tree: draft tree settings;

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from beagle.bench.report import markdown_table
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import load_draft
-    from beagle.target.attention_backend import cudnn_sdp_requested
-    from beagle.target.model import load_target
+    from beagle.kernels.attention_backend import cudnn_sdp_requested
+    from beagle.target_model.model import load_target
 
     if args.no_concat and args.no_noconcat:
         raise BeagleError("--no-concat (only no-concat) and --no-noconcat (no no-concat) exclude each other")

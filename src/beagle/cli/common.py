@@ -70,7 +70,7 @@ def tree_settings(args):
     """--depth / --tree-top-k / --total-tokens, each defaulting to the tree for --device (beagle.decoding.tree
     default_tree: a small one on a CPU)."""
     from beagle.decoding.tree import TreeSettings, default_tree
-    from beagle.target.model import default_device
+    from beagle.target_model.model import default_device
 
     default = default_tree(getattr(args, "device", None) or default_device())
     return TreeSettings(depth=default.depth if args.depth is None else args.depth,
@@ -92,7 +92,7 @@ def generation_settings(args):
 
 
 def load_target_from_args(args):
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     return load_target(args.target, dtype=args.dtype, device=args.device)
 

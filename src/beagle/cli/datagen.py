@@ -30,9 +30,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from beagle.errors import BeagleError
-    from beagle.target.model import load_target
-    from beagle.training.data import ChatDataset
-    from beagle.training.features import DTYPES, estimate_disk_bytes, generate_features
+    from beagle.target_model.model import load_target
+    from beagle.data.conversations import ChatDataset
+    from beagle.data.features import DTYPES, estimate_disk_bytes, generate_features
 
     if args.shard_size <= 0:
         raise BeagleError("--shard-size must be positive")

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     questions = mt_bench_prompts(args.questions)
 
     from beagle.models.checkpoint import load_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     log = sys.stderr
     print(f"loading {args.target} (fetched on first use) and the draft {draft_path} ...", file=log, flush=True)

@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from beagle.errors import DataError
-    from beagle.target.model import load_target
-    from beagle.training.data import resolve_data_path
-    from beagle.training.distributed import launched_by_torchrun, setup_distributed
-    from beagle.training.regenerate import RegenerateSettings, regenerate_file
+    from beagle.target_model.model import load_target
+    from beagle.data.conversations import resolve_data_path
+    from beagle.ranks import launched_by_torchrun, setup_distributed
+    from beagle.data.regenerate import RegenerateSettings, regenerate_file
 
     settings = RegenerateSettings(max_new_tokens=args.max_new_tokens, max_length=args.max_length,
                                   max_turns=args.max_turns, limit=args.limit, batch_size=args.batch_size,

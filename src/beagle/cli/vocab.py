@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.draft is not None:
         _check_draft(args.draft)
 
-    from beagle.target.model import default_device, load_target
+    from beagle.target_model.model import default_device, load_target
 
     device = args.device or (default_device() if args.regenerate else "cpu")
     log = sys.stderr
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if counting:
         counts, described = _count(args, target)
         from beagle.vocab.core import coverage_of_sizes
-        from beagle.vocab.counting import vocab_from_counts
+        from beagle.data.vocab_counts import vocab_from_counts
 
         if args.size > vocab_size:
             raise BeagleError(f"--size {args.size} exceeds the target's vocabulary ({vocab_size} tokens)")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"vocabulary {args.vocab}: {vocab.describe()}")
     if args.draft is not None:
         from beagle.models.checkpoint import load_draft
-        from beagle.vocab.counting import write_draft_with_vocab
+        from beagle.data.vocab_counts import write_draft_with_vocab
 
         load_draft(args.draft, target=target)  # the draft must fit this target (IncompatibleDraftError otherwise)
         out = write_draft_with_vocab(args.draft, vocab, args.out)
@@ -141,11 +141,11 @@ def _check_draft(draft: str) -> None:
 
 def _count(args, target):
     """Counts [V] of the assistant tokens of --data / --features, and a description of what was counted."""
-    from beagle.vocab.counting import count_assistant_tokens, dataset_sequences, load_chat_examples
+    from beagle.data.vocab_counts import count_assistant_tokens, dataset_sequences, load_chat_examples
 
     progress = not args.no_progress
     if args.features is not None:
-        from beagle.training.features import FeatureDataset
+        from beagle.data.features import FeatureDataset
 
         dataset = FeatureDataset(args.features)
         dataset.check_target(target.fingerprint())
@@ -155,7 +155,7 @@ def _count(args, target):
         return counts, f"{args.features} ({count} sequences)"
     data = args.data
     if args.regenerate:  # the same cached file `beagle train --regenerate` makes and reads
-        from beagle.training.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
+        from beagle.data.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
 
         settings = RegenerateSettings(max_length=args.max_length, limit=args.limit)
         data = cached_regeneration(target, args.data, settings)

@@ -36,8 +36,8 @@ from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, build_tree, default_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
-from beagle.target.attention_backend import configure_attention
-from beagle.target.session import DynamicSession
+from beagle.kernels.attention_backend import configure_attention
+from beagle.target_model.session import DynamicSession
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class GenerationOutput:
 
 
 class SpeculativeGenerator:
-    """Generate with ``target`` (a :class:`~beagle.target.model.TargetModel`), speculatively when
+    """Generate with ``target`` (a :class:`~beagle.target_model.model.TargetModel`), speculatively when
     ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode.
 
     fast: the fixed-shape path (None = on a GPU only; on a CPU it runs eagerly over static buffers, which
@@ -79,7 +79,7 @@ class SpeculativeGenerator:
             logger.info("fast path without a GPU: the fixed-shape phases run eagerly over static buffers "
                         "(slower than the eager path on a CPU; same tokens)")
         self.compile_backend = compile_backend
-        configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.target.attention_backend)
+        configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.kernels.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.fast_verifier = fast_verifier or FastVerifier()
         self.draft = draft

@@ -30,7 +30,7 @@ from beagle.decoding.sampling import GenerationSettings, target_probabilities
 from beagle.decoding.tree import DraftTree, TreeSettings, build_tree
 from beagle.decoding.verify import Acceptance, accept_on_device
 from beagle.models.draft_cache import StaticDraftCache
-from beagle.target.fixed_passes import FixedShapeTarget
+from beagle.target_model.fixed_passes import FixedShapeTarget
 
 logger = logging.getLogger(__name__)
 

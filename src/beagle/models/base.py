@@ -25,7 +25,7 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
-from beagle.target.cpu_linear import cpu_linear, install_cpu_linear
+from beagle.kernels.cpu_linear import cpu_linear, install_cpu_linear
 
 if TYPE_CHECKING:
     from beagle.vocab.core import DraftVocab
@@ -55,7 +55,7 @@ def draft_class(arch: str) -> type["DraftModel"]:
 def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32.
 
-    On a CPU in float32 the product runs :func:`beagle.target.cpu_linear.cpu_linear`."""
+    On a CPU in float32 the product runs :func:`beagle.kernels.cpu_linear.cpu_linear`."""
     return cpu_linear(hidden.to(weight.dtype), weight, bias).float()
 
 

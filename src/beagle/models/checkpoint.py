@@ -105,7 +105,7 @@ def inference_draft_dtype(target) -> torch.dtype:
     oneDNN runs bf16 natively (AVX512-BF16 / AMX) with the oneDNN linear kernel (half the bytes per draft
     step; measured in docs/results/cpu-paths.md), else the target's dtype. Output stays the target's either
     way: the draft only proposes; the float32 target verifies."""
-    from beagle.target.cpu_linear import current_kernel, onednn_bf16_supported
+    from beagle.kernels.cpu_linear import current_kernel, onednn_bf16_supported
 
     if (target.device.type == "cpu" and target.dtype == torch.float32 and current_kernel() == "onednn"
             and onednn_bf16_supported()):

@@ -20,7 +20,7 @@ class DraftConfig:
 
     arch: "beagle" (cross-attention, the paper's model) or "eagle2" (fc + self-attention baseline).
     target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers, and
-    ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target.fingerprint`).
+    ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target_model.fingerprint`).
     draft_vocab_size / draft_vocab_coverage: N and the coverage of the draft vocabulary stored next to the
     weights (``draft_vocab.safetensors``, see :mod:`beagle.vocab`); None = the target's full vocabulary.
     """
@@ -115,9 +115,9 @@ class DraftConfig:
 
     def check_target_weights(self, weights: dict, where: str = "this draft", quiet: bool = False) -> None:
         """Raise IncompatibleDraftError when the target's embedding / LM-head fingerprint (``weights``, from
-        :meth:`~beagle.target.model.TargetModel.weights_fingerprint`) is not the one the draft was trained
+        :meth:`~beagle.target_model.model.TargetModel.weights_fingerprint`) is not the one the draft was trained
         with. Drafts saved before fingerprints were recorded load with a log line (INFO when ``quiet``)."""
-        from beagle.target.fingerprint import same_weights
+        from beagle.target_model.fingerprint import same_weights
 
         recorded = self.target.get("weights")
         if recorded is None:

@@ -24,7 +24,7 @@ server is shutting down. The checks before the endpoints are :mod:`beagle.servin
 Work on the event loop stays small: bodies are bounded, and parsing and tokenizing run on one
 helper thread, so a large prompt never stalls ``/health`` or a stream. The cheap checks (model,
 n, max_tokens) come first; a prompt far longer than the context is refused after tokenizing a
-prefix of it (:meth:`~beagle.target.model.TargetModel.encode`). A temperature below 1e-5 decodes
+prefix of it (:meth:`~beagle.target_model.model.TargetModel.encode`). A temperature below 1e-5 decodes
 greedily (``beagle.decoding.sampling.MIN_SAMPLING_TEMPERATURE``).
 """
 

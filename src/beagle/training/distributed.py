@@ -25,69 +25,17 @@ Host memory: each rank reads the target checkpoint on the CPU before sharding it
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from beagle.errors import BeagleError
+from beagle.ranks import Distributed, launched_by_torchrun
 
 logger = logging.getLogger(__name__)
 
 FSDP_MODES = ("none", "draft", "target", "both")
-
-
-@dataclass
-class Distributed:
-    """This process's place among the ranks (one rank, no process group, when not launched by torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialized: bool = False  # a process group exists (torchrun), even with one rank
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (in place; returns the tensor)."""
-        if self.enabled:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def setup_distributed(device: str | None, process_group: bool = False) -> tuple[Distributed, torch.device]:
-    """Join the process group when launched by torchrun (env RANK / WORLD_SIZE); pick the device.
-
-    A process group is created when there is more than one rank, or with ``process_group=True``
-    (FSDP needs one even on a single rank).
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if world_size <= 1 and not (process_group and launched_by_torchrun()):
-        return Distributed(), torch.device(device or ("cuda" if use_cuda else "cpu"))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(chosen)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Distributed(rank, world_size, local_rank, initialized=True), chosen
 
 
 def check_fsdp_mode(mode: str) -> str:

@@ -45,15 +45,14 @@ import torch
 
 from beagle.errors import BeagleError
 from beagle.files import remove_stale
+from beagle.ranks import Distributed, setup_distributed
 from beagle.training.distributed import (
-    Distributed,
     check_fsdp_mode,
     device_mesh,
     full_state,
     gradient_scale,
     load_full_state,
     local_norm,
-    setup_distributed,
     shard_draft,
     shard_target,
 )
@@ -80,7 +79,7 @@ class TrainConfig:
     """Settings of ``beagle train`` (defaults follow the paper, App. A.3)."""
 
     target: str | None = None  # HF folder / hub id (or pass a TargetModel to train())
-    data: str | None = None  # conversations (JSON / JSONL), see beagle.training.data
+    data: str | None = None  # conversations (JSON / JSONL), see beagle.data.conversations
     features: str | None = None  # or a `beagle datagen` folder
     arch: str = "beagle"  # beagle | eagle2
     out: str = "runs/draft"
@@ -133,7 +132,7 @@ class TrainConfig:
         return self.epochs_stage1 + self.epochs_stage2
 
     def validate(self) -> "TrainConfig":
-        from beagle.target.model import check_device
+        from beagle.target_model.model import check_device
 
         if self.resume_anyway:
             self.resume = True
@@ -309,7 +308,7 @@ def _same_setting(saved, current) -> bool:
 
 
 def _load_dataset(config: TrainConfig, target, dist: Distributed):
-    from beagle.training.data import ChatDataset
+    from beagle.data.conversations import ChatDataset
 
     if config.features is not None:
         return _feature_dataset(config.features, target)
@@ -318,7 +317,7 @@ def _load_dataset(config: TrainConfig, target, dist: Distributed):
 
 
 def _feature_dataset(folder, target):
-    from beagle.training.features import FeatureDataset
+    from beagle.data.features import FeatureDataset
 
     dataset = FeatureDataset(folder)
     dataset.check_target(target.fingerprint(), target.weights_fingerprint())
@@ -327,7 +326,7 @@ def _feature_dataset(folder, target):
 
 def _regenerated(config: TrainConfig, target, dist: Distributed) -> Path:
     """The cached target-regenerated copy of ``config.data`` (made now when missing; every rank takes a shard)."""
-    from beagle.training.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
+    from beagle.data.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
 
     settings = RegenerateSettings(max_new_tokens=config.regenerate_max_new_tokens, max_length=config.max_length,
                                   batch_size=config.regenerate_batch_size)
@@ -340,7 +339,7 @@ def _regenerated(config: TrainConfig, target, dist: Distributed) -> Path:
 
 def _eval_dataset(config: TrainConfig, target):
     """--eval-data: a `beagle datagen` folder or a conversations file (tokenized like the training data)."""
-    from beagle.training.data import ChatDataset
+    from beagle.data.conversations import ChatDataset
 
     if Path(config.eval_data).is_dir():
         return _feature_dataset(config.eval_data, target)
@@ -373,7 +372,7 @@ def split_heldout(size: int, config: TrainConfig) -> tuple[list[int], list[int]]
 
 
 def _make_batch(dataset, indices: list[int], step: int, seed: int, pad_id: int):
-    from beagle.training.data import collate
+    from beagle.data.conversations import collate
     from beagle.training.objectives import TrainBatch
 
     collated = collate([dataset[i] for i in indices], pad_id=pad_id)
@@ -383,7 +382,7 @@ def _make_batch(dataset, indices: list[int], step: int, seed: int, pad_id: int):
 
 
 def _with_states(batch, target, device):
-    from beagle.training.features import target_states
+    from beagle.data.features import target_states
 
     batch = batch.to(device)
     if batch.states is None:  # online: run the frozen target
@@ -399,7 +398,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, target=None):
         from beagle.models.checkpoint import build_draft
-        from beagle.training.data import ShuffledBatches
+        from beagle.data.conversations import ShuffledBatches
 
         self.config = config.validate()
         # A target passed in decides the device (the draft shares its embedding and LM head).
@@ -414,7 +413,7 @@ class Trainer:
         self.rank_batch = config.batch_size // self.dist.world_size
         self.micro_batch = min(config.micro_batch_size or self.rank_batch, self.rank_batch)
         if self.device.type == "cuda":
-            from beagle.target.attention_backend import configure_attention
+            from beagle.kernels.attention_backend import configure_attention
 
             configure_attention(self.device)  # batches of new lengths would re-plan cuDNN attention each step
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -422,7 +421,7 @@ class Trainer:
         if target is None:
             if config.target is None:
                 raise BeagleError("pass --target")
-            from beagle.target.model import load_target, resolve_dtype
+            from beagle.target_model.model import load_target, resolve_dtype
 
             # A target to shard is read on the CPU; shard_target moves each layer's shard to the GPU.
             load_on = "cpu" if config.shards_target else str(self.device)
@@ -491,7 +490,7 @@ class Trainer:
         """--draft-vocab: "N" builds it from the training split's assistant tokens (the same on every rank:
         counting is deterministic), anything else is a vocabulary file."""
         from beagle.vocab.core import load_vocab
-        from beagle.vocab.counting import vocab_from_dataset
+        from beagle.data.vocab_counts import vocab_from_dataset
 
         value = self.config.draft_vocab
         if value.isdigit():
@@ -540,7 +539,7 @@ class Trainer:
     def _check_resumable(self, state: dict) -> None:
         """Refuse to resume a run whose settings, data or target differ from the saved ones (``resume_anyway``:
         warn and continue; the architecture must match in any case)."""
-        from beagle.target.fingerprint import same_weights
+        from beagle.target_model.fingerprint import same_weights
 
         saved = state.get("config") or {}
         current = asdict(self.config)
@@ -824,7 +823,7 @@ class Trainer:
 def train(config: TrainConfig, target=None) -> Path:
     """Train a draft as ``config`` says; returns the output folder (the final draft checkpoint).
 
-    ``target``: an already loaded :class:`~beagle.target.model.TargetModel` (otherwise ``config.target``
+    ``target``: an already loaded :class:`~beagle.target_model.model.TargetModel` (otherwise ``config.target``
     is loaded).
     """
     return Trainer(config, target).run()

@@ -6,7 +6,7 @@ N and maps the picks back to target ids. Verification is unchanged, so the outpu
 
 - :mod:`beagle.vocab.core`: :class:`DraftVocab` (the kept ids + where they came from), the file
   format, validation, choosing the N most frequent ids from token counts, coverage.
-- :mod:`beagle.vocab.counting`: counting assistant tokens of chat data (the training data pipeline),
+- :mod:`beagle.data.vocab_counts`: counting assistant tokens of chat data (the training data pipeline),
   building a vocabulary from data, and writing a draft checkpoint that carries one.
 """
 

@@ -1,6 +1,6 @@
 """Building draft vocabularies from chat data, and drafts that carry one.
 
-Counting goes through the training data pipeline (:mod:`beagle.training.data`): conversations are
+Counting goes through the training data pipeline (:mod:`beagle.data.conversations`): conversations are
 rendered with the target's chat template and only assistant tokens are counted — token t (t ≥ 1) of a
 sequence whose loss mask is set, the tokens a draft is trained to predict. Regenerated answers
 (``--regenerate``: the target's own greedy replies) are the same records with other assistant turns.
@@ -55,8 +55,8 @@ def count_assistant_tokens(sequences: Iterable[tuple[object, object]], vocab_siz
 
 
 def dataset_sequences(dataset, indices: Sequence[int] | None = None) -> Iterator[tuple[object, object]]:
-    """(input_ids, loss_mask) of a :class:`~beagle.training.data.ChatDataset` or
-    :class:`~beagle.training.features.FeatureDataset` (without reading states), for ``indices`` (default all)."""
+    """(input_ids, loss_mask) of a :class:`~beagle.data.conversations.ChatDataset` or
+    :class:`~beagle.data.features.FeatureDataset` (without reading states), for ``indices`` (default all)."""
     indices = range(len(dataset)) if indices is None else indices
     examples = getattr(dataset, "examples", None)
     for index in indices:
@@ -74,9 +74,9 @@ def load_chat_examples(data, tokenizer, *, max_length: int = 2048, limit: int | 
     """Read and tokenize a data file or asset the way training does -> (examples, DataReport).
 
     limit: the first ``limit`` usable records only. Regenerated answers are a file of their own
-    (:func:`beagle.training.regenerate.regenerate_file`), read here like any other.
+    (:func:`beagle.data.regenerate.regenerate_file`), read here like any other.
     """
-    from beagle.training.data import DataReport, encode_conversations, load_conversations, resolve_data_path
+    from beagle.data.conversations import DataReport, encode_conversations, load_conversations, resolve_data_path
 
     path = resolve_data_path(data)
     report = DataReport()

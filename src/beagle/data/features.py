@@ -128,7 +128,7 @@ def generate_features(
 
 
 def _write_shard(target, dataset, indices: list[int], path: Path, batch_tokens: int, states_dtype) -> None:
-    from beagle.training.data import collate
+    from beagle.data.conversations import collate
 
     items = [dataset[i] for i in indices]
     states: list[torch.Tensor | None] = [None] * len(items)
@@ -196,7 +196,7 @@ def _read_manifest(path: Path) -> dict:
 
 def _other_weights(recorded: dict | None, current: dict | None) -> bool:
     """True when both weight fingerprints are known and differ (older manifests have none)."""
-    from beagle.target.fingerprint import same_weights
+    from beagle.target_model.fingerprint import same_weights
 
     if recorded is None or current is None:
         return False
@@ -241,7 +241,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def check_target(self, fingerprint: dict, weights: dict | None = None) -> None:
         """Raise DataError when the features were computed by a differently shaped target, or (``weights``:
-        the target's :meth:`~beagle.target.model.TargetModel.weights_fingerprint`) one with other weights."""
+        the target's :meth:`~beagle.target_model.model.TargetModel.weights_fingerprint`) one with other weights."""
         stored = self.manifest["target"]
         different = [key for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers")
                      if stored.get(key) != fingerprint.get(key)]

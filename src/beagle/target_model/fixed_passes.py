@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from beagle.target.static_cache import StaticKVCache
+from beagle.target_model.static_cache import StaticKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def capacity_for(needed: int) -> int:
 
 
 class FixedShapeTarget:
-    """Fixed-capacity passes of ``target`` (a :class:`~beagle.target.model.TargetModel`).
+    """Fixed-capacity passes of ``target`` (a :class:`~beagle.target_model.model.TargetModel`).
 
     capacity: cache slots; compile: ``torch.compile`` the pass (one compilation per token count);
     compile_backend: the ``torch.compile`` backend (``"inductor"``; tests use ``"eager"`` to trace only).

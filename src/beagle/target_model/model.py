@@ -61,10 +61,10 @@ class TargetModel:
         if self.lm_head is None:
             raise BeagleError(f"target {self.name!r} has no LM head (get_output_embeddings() is None)")
         if self.device.type == "cpu":
-            from beagle.target.cpu_attention import use_cpu_gqa_attention
-            from beagle.target.cpu_linear import install_cpu_linear
+            from beagle.kernels.cpu_attention import use_cpu_gqa_attention
+            from beagle.kernels.cpu_linear import install_cpu_linear
 
-            # Tree verification on a CPU: see beagle.target.cpu_linear and beagle.target.cpu_attention.
+            # Tree verification on a CPU: see beagle.kernels.cpu_linear and beagle.kernels.cpu_attention.
             install_cpu_linear(self.model)
             use_cpu_gqa_attention(self.model)
 
@@ -112,8 +112,8 @@ class TargetModel:
 
     def weights_fingerprint(self) -> dict:
         """A cheap fingerprint of the shared embedding and LM-head weights, equal for the same weights
-        in float32 and bfloat16 (see :mod:`beagle.target.fingerprint`)."""
-        from beagle.target.fingerprint import weights_fingerprint
+        in float32 and bfloat16 (see :mod:`beagle.target_model.fingerprint`)."""
+        from beagle.target_model.fingerprint import weights_fingerprint
 
         return weights_fingerprint(self.embed.weight, self.lm_head.weight)
 
@@ -136,11 +136,11 @@ class TargetModel:
 
     # --------------------------------------------------------------- compute
     def new_cache(self):
-        """An empty dynamic KV cache; on a CPU one that grows in place (:class:`beagle.target.cache.GrowingDynamicLayer`)."""
+        """An empty dynamic KV cache; on a CPU one that grows in place (:class:`beagle.target_model.cache.GrowingDynamicLayer`)."""
         from transformers import DynamicCache
 
         if self.device.type == "cpu":
-            from beagle.target.cache import growing_dynamic_cache
+            from beagle.target_model.cache import growing_dynamic_cache
 
             return growing_dynamic_cache()
         return DynamicCache()
@@ -314,7 +314,7 @@ def load_target(
     except (OSError, ValueError) as error:
         logger.warning("no tokenizer for %s (%s); token ids only", path, error)
         tokenizer = None
-    from beagle.target.attention_backend import configure_attention
+    from beagle.kernels.attention_backend import configure_attention
 
     configure_attention(device)
     return TargetModel(model.to(device), tokenizer, name=name_or_path)

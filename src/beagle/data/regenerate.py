@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 
+from beagle.data.conversations import DataReport, load_conversations, resolve_data_path
 from beagle.errors import BeagleError, DataError
-from beagle.training.data import DataReport, load_conversations, resolve_data_path
-from beagle.training.distributed import Distributed
+from beagle.ranks import Distributed
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """One generation's target passes on the eager path: prefill, one-token steps, tree verification, keeping
 the accepted path, over a transformers ``DynamicCache`` that grows by each pass's tokens.
 
-The fast path's fixed-shape passes live in :mod:`beagle.target.fixed_passes`.
+The fast path's fixed-shape passes live in :mod:`beagle.target_model.fixed_passes`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from beagle.target.cache import keep_cache_entries, tree_attention_mask
+from beagle.target_model.cache import keep_cache_entries, tree_attention_mask
 
 
 class DynamicSession:
