@@ -289,8 +289,7 @@ class FastState:
         if self.draft is not None:
             tensors |= {"root_hidden": self.root_hidden, "draft_keys": self.draft_cache.keys,
                         "draft_values": self.draft_cache.values, "draft_length": self.draft_cache.length_t}
-        for index, layer in enumerate(self.passes.cache.layers):
-            tensors[f"keys{index}"], tensors[f"values{index}"] = layer.keys, layer.values
+        tensors["target_cache"] = self.passes.cache.store
         return {name: tensor.clone() for name, tensor in tensors.items()} | {"_live": tensors}
 
     def _restore(self, saved) -> None:

@@ -58,14 +58,13 @@ def accept_on_device(tree: DraftTree, choices: torch.Tensor, ancestry: torch.Ten
     ancestry: ``tree.ancestry()`` if already computed. D = ``tree.max_depth``."""
     device = choices.device
     parent_rows = tree.parents.to(device) + 1  # root -> row 0
-    matches = tree.tokens.to(device) == choices[parent_rows]  # [N]
-    accepted = torch.ones(len(tree) + 1, dtype=torch.bool, device=device)
-    root = accepted[:1]
-    for _ in range(tree.max_depth):  # r rounds settle every node of depth <= r
-        accepted = torch.cat([root, matches & accepted[parent_rows]])
+    matches = tree.tokens.to(device) == choices[parent_rows]  # [N]: node's token = its parent's choice
+    matched_rows = torch.cat([torch.ones(1, dtype=torch.bool, device=device), matches])  # [N+1], root matched
+    ancestry = tree.ancestry() if ancestry is None else ancestry
+    # A node is accepted when it and every ancestor matched: no row of its ancestry is unmatched.
+    accepted = ~(ancestry & ~matched_rows[None]).any(dim=-1)  # [N+1]
     depth_of_row = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
     deepest = torch.where(accepted, depth_of_row, -1).argmax()  # one accepted node per depth
-    ancestry = tree.ancestry() if ancestry is None else ancestry
     deepest = deepest.reshape(1)  # index with a 1-D tensor: a 0-D one is read on the host
     on_path = ancestry.index_select(0, deepest)[0]  # [N+1]: the root, the accepted nodes
     # Rows on the path first (ascending = root to leaf, parents precede children), then the others.

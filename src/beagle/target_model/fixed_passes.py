@@ -135,14 +135,11 @@ class FixedShapeTarget:
         new length and are overwritten by the next pass)."""
         source = (start + keep).clamp(max=self.capacity - 1)
         target_slots = (start + torch.arange(keep.shape[0], device=keep.device)).clamp(max=self.capacity - 1)
-        for layer in self.cache.layers:
-            layer.keys.index_copy_(2, target_slots, layer.keys.index_select(2, source))
-            layer.values.index_copy_(2, target_slots, layer.values.index_select(2, source))
+        store = self.cache.store  # [L, 2, 1, KV, C, hd]: every layer's keys and values in one gather/scatter
+        store.index_copy_(4, target_slots, store.index_select(4, source))
 
     def _initialize_cache(self) -> None:
         """Allocate every layer's store now (one eager token), so compiled passes never allocate it."""
         token = torch.zeros(1, dtype=torch.long, device=self.device)
         self._decoder(token, token, token, torch.zeros(1, 1, 1, self.capacity, dtype=self.target.dtype, device=self.device))
-        for layer in self.cache.layers:
-            layer.keys.zero_()
-            layer.values.zero_()
+        self.cache.store.zero_()

@@ -1,7 +1,9 @@
 """A fixed-capacity target KV cache whose writes go to positions held in a tensor (CUDA-graph friendly).
 
-Layout per layer: keys / values ``[1, KV, capacity, hd]``, allocated on the first write and never
-reallocated, so their addresses stay fixed. A forward writes its T new entries at ``cache.write_positions``
+Layout: one store ``[L, 2, 1, KV, capacity, hd]`` for all layers (allocated on the first write and never
+reallocated, so addresses stay fixed); layer l's keys / values are the views ``store[l, 0]`` / ``store[l, 1]``
+(``[1, KV, capacity, hd]``). One tensor lets the fast path move accepted entries of every layer with one
+gather and one scatter (:meth:`~beagle.target_model.fixed_passes.FixedShapeTarget.keep`). A forward writes its T new entries at ``cache.write_positions``
 ([T] long, set by the caller; a captured CUDA graph keeps reading the tensor it was captured with) and
 attends over all ``capacity`` slots: the caller's 4-D additive mask hides the slots that are not (yet)
 part of the sequence. Stale slots hold finite values from earlier writes (or zeros), so a hidden slot
@@ -22,21 +24,18 @@ class _StaticLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, owner: "StaticKVCache"):
+    def __init__(self, owner: "StaticKVCache", index: int):
         super().__init__()
         self.owner = owner
+        self.index = index
         self.keys = None
         self.values = None
         self.is_initialized = False
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
         value_states = key_states if value_states is None else value_states
-        batch, heads = key_states.shape[:2]
-        capacity = self.owner.capacity
-        self.keys = torch.zeros(batch, heads, capacity, key_states.shape[-1], dtype=key_states.dtype,
-                                device=key_states.device)
-        self.values = torch.zeros(batch, heads, capacity, value_states.shape[-1], dtype=value_states.dtype,
-                                  device=value_states.device)
+        store = self.owner.allocate(key_states, value_states)
+        self.keys, self.values = store[self.index, 0], store[self.index, 1]
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -71,4 +70,16 @@ class StaticKVCache(Cache):
         self.capacity = int(capacity)
         self.length = 0
         self.write_positions = torch.zeros(1, dtype=torch.long, device=device)
-        super().__init__(layers=[_StaticLayer(self) for _ in range(num_layers)])
+        self.store: torch.Tensor | None = None  # [L, 2, 1, KV, capacity, hd], on the first write
+        super().__init__(layers=[_StaticLayer(self, index) for index in range(num_layers)])
+
+    def allocate(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor:
+        """The store for every layer, shaped from the first layer's first write ([1, KV, T, hd] each)."""
+        if self.store is None:
+            if key_states.shape != value_states.shape or key_states.dtype != value_states.dtype:
+                raise ValueError("the static cache needs keys and values of one shape and dtype, got "
+                                 f"{tuple(key_states.shape)} / {tuple(value_states.shape)}")
+            batch, heads, _, size = key_states.shape
+            self.store = torch.zeros(len(self.layers), 2, batch, heads, self.capacity, size,
+                                     dtype=key_states.dtype, device=key_states.device)
+        return self.store
