@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from beagle.decoding.engine import SpeculativeGenerator
-from beagle.decoding.fast import choose_on_device
+from beagle.decoding.sampling import choose_on_device
 from beagle.decoding.sampling import GenerationSettings, target_probabilities
 from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError
@@ -126,6 +126,7 @@ def test_compiled_target_pass_traces_once_per_shape():
     import torch._dynamo
 
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     target = make_tiny_target("llama", seed=5)
     plain = SpeculativeGenerator(target)
     tree = TreeSettings(3, 3, 8)
@@ -139,7 +140,35 @@ def test_compiled_target_pass_traces_once_per_shape():
     passes = target._beagle_fixed_passes
     assert passes._compiled_counts == {1, 9}  # one step shape, one verification shape (root + 8)
     assert fast.warmup_seconds > 0
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    # Two target passes (1 and 9 tokens) and the draft, accept and commit phases, each traced whole.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 5
+
+
+def test_no_compilation_after_warm_up():
+    """After ``reserve()`` no request compiles again: other prompt lengths, greedy and sampling at several
+    temperatures / top-k / top-p, and a request that runs into the context limit (tail steps)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    target = make_tiny_target("llama", seed=6)
+    draft = build_draft(target, "eagle2")
+    fast = SpeculativeGenerator(target, draft, TreeSettings(3, 3, 8), fast=True, compile=True,
+                                compile_backend="eager")
+    fast.reserve(target.max_length - 8, 8)
+    counters = torch._dynamo.utils.counters
+    graphs, frames = counters["stats"]["unique_graphs"], counters["frames"]["ok"]
+    assert graphs == 5
+    settings = [GenerationSettings(max_new_tokens=8, ignore_eos=True, **extra) for extra in (
+        {}, {"temperature": 1.0}, {"temperature": 0.4, "top_k": 5}, {"temperature": 1.7, "top_p": 0.3},
+        {"temperature": 1.0, "top_k": 3, "top_p": 1e-300})]
+    for index, setting in enumerate(settings):
+        prompt = list(range(3, 3 + 5 * index + 1))
+        fast.generate(prompt, setting)
+    fast.generate([1] * (target.max_length - 8), settings[0])  # the last tokens go through tail steps
+    fast.generate([1] * (target.max_length - 8), settings[1])
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert counters["frames"]["ok"] == frames  # no frame compiled again
 
 
 def test_graphs_need_a_gpu():

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from beagle.decoding.engine import SpeculativeGenerator
-from beagle.decoding.fast import FastVerifier, choose_on_device
+from beagle.decoding.sampling import choose_on_device
+from beagle.decoding.verify import FastVerifier
 from beagle.decoding.sampling import GenerationSettings, choose_tokens, target_probabilities
 from beagle.decoding.tree import TreeSettings
 from beagle.decoding.verify import Acceptance, TreeVerifier, Verdict, accept_path

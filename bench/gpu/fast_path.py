@@ -75,6 +75,8 @@ def measure_shape(shape: str, layers: int, args, device: str, rows: list) -> Non
         "ar-fast": dict(draft=None, fast=True),
         "beagle-fast": dict(draft="beagle", fast=True),
         "eagle2-fast": dict(draft="eagle2", fast=True),
+        "ar-fast-t1": dict(draft=None, fast=True, temperature=1.0),  # the one sampling graph
+        "beagle-fast-t1": dict(draft="beagle", fast=True, temperature=1.0),
     }
     per_pass = {}
     for name, options in methods.items():
@@ -96,10 +98,12 @@ def measure_shape(shape: str, layers: int, args, device: str, rows: list) -> Non
     if "ar-fast" in per_pass:
         unit = per_pass["ar-fast"]
         summary = {"shape": shape, "unit": "ar-fast ms per step", "ar_fast_ms": round(unit, 3)}
-        for name in ("beagle-eager", "beagle-graphs", "beagle-fast", "eagle2-fast"):
+        for name in ("beagle-eager", "beagle-graphs", "beagle-fast", "eagle2-fast", "beagle-fast-t1"):
             if name in per_pass:
                 summary[f"{name}_round_in_ar_steps"] = round(per_pass[name] / unit, 2)
-        for name in ("beagle-fast", "eagle2-fast"):
+        if "ar-fast-t1" in per_pass:
+            summary["ar_fast_t1_ms"] = round(per_pass["ar-fast-t1"], 3)
+        for name in ("beagle-fast", "eagle2-fast", "beagle-fast-t1"):
             row = next((r for r in rows if r.get("method") == name and r["shape"] == shape and "phases_ms" in r), None)
             if row:
                 summary[f"{name}_phases_in_ar_steps"] = {k: round(v / unit, 2) for k, v in row["phases_ms"].items()}
@@ -113,10 +117,15 @@ def measure_shape(shape: str, layers: int, args, device: str, rows: list) -> Non
 def measure_method(name, options, target, drafts, prompt, settings, args, device, shape, layers, rows) -> float:
     """Warm up, time, and (fast speculative on a GPU) profile one method; returns ms per target pass."""
     from beagle.decoding.engine import SpeculativeGenerator
+    from beagle.decoding.sampling import GenerationSettings
 
     gpu = device == "cuda"
     options = dict(options)
     draft = drafts.get(options.pop("draft"))
+    temperature = options.pop("temperature", 0.0)
+    if temperature:
+        settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, ignore_eos=True,
+                                      temperature=temperature, seed=0)
     if not gpu:
         options["compile"] = False
     generator = SpeculativeGenerator(target, draft, **options)
@@ -134,8 +143,9 @@ def measure_method(name, options, target, drafts, prompt, settings, args, device
            "warmup_s": round(warmup, 1), "compile_and_capture_s": round(generator.warmup_seconds, 1)}
     if gpu and generator.fast and generator.graphs and draft is not None:
         state = generator._fast_state
-        state.prefill(torch.tensor(prompt, device=device), settings, None)
-        profiles = [state.profile_round(settings, None) for _ in range(args.profile_rounds)]
+        rng = None if settings.greedy else torch.Generator(device=device).manual_seed(0)
+        state.prefill(torch.tensor(prompt, device=device), settings, rng)
+        profiles = [state.profile_round(settings, rng) for _ in range(args.profile_rounds)]
         row["phases_ms"] = {key: round(statistics.median(p[key] for p in profiles), 3) for key in profiles[0]}
     rows.append(row)
     print(json.dumps(row), flush=True)
@@ -175,6 +185,43 @@ def fp32_check(shape: str, layers: int, device: str, rows: list) -> None:
     del target, draft
 
 
+def stall_check(shape: str, layers: int, device: str, rows: list, context: int) -> None:
+    """No compile or capture after warm-up: ``reserve()`` for the whole context, then time requests a server
+    meets (a long prompt, new sampling settings, the context limit); each is timed twice, so a stall shows as a
+    first call much slower than the second."""
+    from beagle.decoding.engine import SpeculativeGenerator
+    from beagle.decoding.sampling import GenerationSettings
+    from beagle.models.checkpoint import build_draft
+    from random_models import random_target
+
+    target = random_target(shape, layers, device, torch.bfloat16)
+    draft = build_draft(target, "beagle").to(torch.bfloat16)
+    generator = SpeculativeGenerator(target, draft, fast=True)
+    started = time.perf_counter()
+    generator.reserve(context - 64, 64)
+    rows.append({"shape": shape, "check": "reserve", "context": context, "seconds": round(time.perf_counter() - started, 1),
+                 "compile_and_capture_s": round(generator.warmup_seconds, 1)})
+    print(json.dumps(rows[-1]), flush=True)
+    requests = {
+        "short greedy": (64, dict()),
+        "long prompt greedy": (context - 200, dict()),
+        "T=0.7 top-p 0.9": (300, dict(temperature=0.7, top_p=0.9)),
+        "T=1.3 top-k 50": (300, dict(temperature=1.3, top_k=50)),
+        "context limit": (context - 70, dict(temperature=1.0)),
+    }
+    for name, (length, extra) in requests.items():
+        prompt = torch.randint(0, target.vocab_size, (length,), generator=torch.Generator().manual_seed(length)).tolist()
+        settings = GenerationSettings(max_new_tokens=64, ignore_eos=True, seed=0, **extra)
+        times = []
+        for _ in range(2):
+            times.append(timed(lambda: generator.generate(prompt, settings), 1))
+        rows.append({"shape": shape, "check": f"after warm-up: {name}", "prompt": length,
+                     "first_s": round(times[0], 3), "second_s": round(times[1], 3),
+                     "compile_and_capture_s": round(generator.warmup_seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    del target, draft, generator
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test on a tiny shape")
@@ -185,6 +232,8 @@ def main() -> None:
     parser.add_argument("--profile-rounds", type=int, default=20)
     parser.add_argument("--no-hf", dest="hf", action="store_false")
     parser.add_argument("--no-fp32-check", dest="fp32_check", action="store_false")
+    parser.add_argument("--stall-check", type=int, default=0, metavar="CONTEXT",
+                        help="after the shapes: reserve CONTEXT tokens on the first shape and time requests twice")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     from beagle.kernels.attention_backend import configure_attention
@@ -205,6 +254,8 @@ def main() -> None:
     for shape, layers in shapes:
         measure_shape(shape, layers, args, device, rows)
         Path(args.out).write_text(json.dumps(report, indent=2))  # after each shape: a cut run keeps its numbers
+    if args.stall_check:
+        stall_check(shapes[0][0], shapes[0][1], device, rows, 256 if args.tiny else args.stall_check)
     Path(args.out).write_text(json.dumps(report, indent=2))
 
 

@@ -95,14 +95,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def warm_up_fast_path(generator, max_tokens: int) -> None:
-    """Before the port opens: size the fast path's caches for the longest request (prompt + max_tokens up to
-    the context) and pay compilation and greedy graph capture once, so no request waits for them."""
+    """Before the port opens: size the fast path's caches for the whole context the server accepts (prompt +
+    max_tokens up to the context limit) and pay every compilation and graph capture (greedy and sampling,
+    rounds and the tail step) once, so no request waits for them."""
     longest_prompt = max(1, generator.target.max_length - max_tokens)
-    generator.reserve(min(longest_prompt, 4096), max_tokens)
     print("warming up the fast path (compilation and CUDA-graph capture, once per process) ...", file=sys.stderr)
-    from beagle.decoding.sampling import GenerationSettings
-
-    generator.generate([0], GenerationSettings(max_new_tokens=4, ignore_eos=True))
+    generator.reserve(longest_prompt, max_tokens)
     print(f"  ready after {generator.warmup_seconds:.1f} s", file=sys.stderr)
 
 

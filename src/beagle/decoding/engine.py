@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from beagle.decoding.fast import FastState, FastVerifier
+from beagle.decoding.fast import FastState
+from beagle.decoding.verify import FastVerifier
 from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, build_tree, default_tree
@@ -98,10 +99,13 @@ class SpeculativeGenerator:
         self._fast_state: FastState | None = None
 
     def reserve(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """Size the fast path's buffers for requests up to these lengths now, so that no later call
-        recompiles for a larger cache (a no-op on the eager path)."""
+        """Size the fast path's buffers for requests up to these lengths now and, with graphs or compilation,
+        pay every compilation and capture a request can meet (greedy and sampling, rounds and the tail
+        step), so that no later call compiles or captures (a no-op on the eager path)."""
         if self.fast:
-            self._fast(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+            state = self._fast(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+            if self.graphs or self.compile:
+                state.warm_up()  # compile and capture greedy and sampling, round and tail step, now
 
     @property
     def warmup_seconds(self) -> float:

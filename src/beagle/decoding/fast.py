@@ -10,9 +10,12 @@ One round, four phases, each its own captured unit over the buffers of :class:`F
     host    one read per round: the accepted tokens and their count
 
 Nothing inside a phase reads a host value: lengths and positions live in device tensors, commits are
-padded, and attention runs over whole static buffers behind masks. On a GPU each phase is captured once per
-(tree, sampling settings) and replayed; the target pass inside is compiled once per token count. On a CPU
-the same code runs eagerly (what the tests check against the eager engine in fp32).
+padded, attention runs over whole static buffers behind masks, and the sampling settings sit in device
+tensors (:class:`~beagle.decoding.sampling.SamplingTensors`). On a GPU each phase is captured once greedy and
+once sampling, then replayed for every temperature / top-k / top-p; with ``compile`` the target pass is
+compiled once per token count and the draft, accept and commit phases once each (inductor fuses their
+small kernels: norms, RoPE, SwiGLU, top-k, rerank). On a CPU the same code runs eagerly (what the tests
+check against the eager engine in fp32).
 
 Without a draft the same state runs one ``step`` phase per token: the fast autoregressive baseline.
 """
@@ -26,40 +29,30 @@ from dataclasses import dataclass
 
 import torch
 
-from beagle.decoding.sampling import GenerationSettings, target_probabilities
+from beagle.decoding.sampling import GenerationSettings, SamplingTensors
 from beagle.decoding.tree import DraftTree, TreeSettings, build_tree
-from beagle.decoding.verify import Acceptance, accept_on_device
+from beagle.decoding.verify import FastVerifier
 from beagle.models.draft_cache import StaticDraftCache
 from beagle.target_model.fixed_passes import FixedShapeTarget
 
 logger = logging.getLogger(__name__)
 
-MAX_CAPTURED_SETTINGS = 8  # sampling settings whose phase graphs are kept (each capture takes well under a second)
+# Phases compiled besides the target pass (which FixedShapeTarget compiles once per token count).
+COMPILED_PHASES = ("draft", "accept", "commit")
+# TorchDynamo recompiles a function for each new shape it sees, up to a limit (8 by default) past which it
+# silently runs it uncompiled. Target passes of a few token counts at a few capacities (which double), in both
+# sampling modes, stay well inside this.
+RECOMPILE_LIMIT = 64
 
 
-def choose_on_device(logits: torch.Tensor, settings: GenerationSettings, uniforms: torch.Tensor | None) -> torch.Tensor:
-    """The target's choice per row without host reads: argmax, or inverse-CDF sampling of
-    :func:`~beagle.decoding.sampling.target_probabilities` with one uniform per row.
-
-    logits: [T, V] float32; uniforms: [T] in [0, 1) (sampling only) -> [T] long.
-    Exact: P(choice = t) = p_t (a token of probability 0 is never chosen: its CDF step is empty).
-    """
-    if settings.greedy:
-        return logits.argmax(dim=-1)
-    cdf = target_probabilities(logits, settings).cumsum(dim=-1)  # [T, V]
-    threshold = (uniforms * cdf[:, -1])[:, None]
-    return torch.searchsorted(cdf, threshold, right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
-
-
-class FastVerifier:
-    """The lossless rule at fixed shapes: one target choice per node (:func:`choose_on_device`), then
-    :func:`~beagle.decoding.verify.accept_on_device`. Tests subclass it to show a broken rule is caught."""
-
-    def choose(self, logits, settings, uniforms) -> torch.Tensor:
-        return choose_on_device(logits, settings, uniforms)
-
-    def accept(self, tree: DraftTree, choices: torch.Tensor, ancestry: torch.Tensor, logits, settings) -> Acceptance:
-        return accept_on_device(tree, choices, ancestry)
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    """Let TorchDynamo keep up to ``limit`` compiled variants of each function (logged when raised)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < limit:
+        logger.info("torch._dynamo.config.%s: %d -> %d (one compiled pass per token count and capacity)",
+                    name, getattr(config, name), limit)
+        setattr(config, name, limit)
 
 
 @dataclass
@@ -89,8 +82,15 @@ class FastState:
         self.length = torch.zeros(1, dtype=torch.long, device=device)  # tokens in the target cache = root position
         self.root_token = torch.zeros(1, dtype=torch.long, device=device)
         self.uniforms = torch.zeros(1, device=device)  # sampling: one uniform per row of a pass
+        self.sampling = SamplingTensors(device)
         self._captured: dict[tuple, dict[str, torch.cuda.CUDAGraph]] = {}
         self.capture_seconds = 0.0
+        self._phase_functions = {name: getattr(self, f"{name}_phase") for name in ("step", *COMPILED_PHASES, "verify")}
+        if compile and draft is not None:
+            raise_recompile_limit()
+            for name in COMPILED_PHASES:
+                self._phase_functions[name] = torch.compile(self._phase_functions[name], dynamic=False,
+                                                            backend=compile_backend, fullgraph=True)
         if draft is None:
             self.out = torch.zeros(1, dtype=torch.long, device=device)
             return
@@ -122,7 +122,7 @@ class FastState:
         """prompt: [L] long. Eager: fills the caches, returns the first new token (one host read)."""
         hidden, logits = self.passes.prefill(prompt)
         uniforms = None if settings.greedy else torch.rand(1, generator=generator, device=self.device)
-        token = self.verifier.choose(logits, settings, uniforms)
+        token = self.verifier.choose(logits, settings, uniforms, self.sampling.load(settings))
         self.length.fill_(prompt.shape[0])
         self.root_token.copy_(token)
         if self.draft is not None:
@@ -139,7 +139,7 @@ class FastState:
         """AR: the root token through the target at slot ``length``; its choice becomes the root."""
         visible = self.passes.step_visibility(self.length)
         _, logits = self.passes.run(self.root_token, self.length, self.length, visible)
-        token = self.verifier.choose(logits, settings, self.uniforms[:1])
+        token = self.verifier.choose(logits, settings, self.uniforms[:1], self.sampling)
         self.root_token.copy_(token)
         self.out.copy_(token)
         self.length += 1
@@ -166,7 +166,7 @@ class FastState:
         hidden, logits = self.passes.run(inputs, positions, writes.clamp(max=self.capacity - 1), visible)
         self.verify_hidden.copy_(hidden)
         self.verify_logits = logits
-        self.choices.copy_(self.verifier.choose(logits, settings, self.uniforms))
+        self.choices.copy_(self.verifier.choose(logits, settings, self.uniforms, self.sampling))
 
     def accept_phase(self, settings: GenerationSettings) -> None:
         """The accepted path; the target cache keeps it; the host's view of the round in ``out``."""
@@ -200,6 +200,7 @@ class FastState:
         """One speculative round (or one AR step without a draft); one host read."""
         if not settings.greedy:
             self.uniforms.copy_(torch.rand(self.uniforms.shape[0], generator=generator, device=self.device))
+            self.sampling.load(settings)
         phases = ("step",) if self.draft is None else ("draft", "verify", "accept", "commit")
         if self.graphs:
             graphs = self._graphs(settings, phases)
@@ -207,7 +208,7 @@ class FastState:
                 graphs[name].replay()
         else:
             for name in phases:
-                getattr(self, f"{name}_phase")(settings)
+                self._phase_functions[name](settings)
         values = self.out.tolist()  # the round's one host synchronisation
         if self.draft is None:
             return RoundOutput(values, 0)
@@ -222,6 +223,7 @@ class FastState:
         graphs = self._graphs(settings, phases)
         if not settings.greedy:
             self.uniforms.copy_(torch.rand(self.uniforms.shape[0], generator=generator, device=self.device))
+            self.sampling.load(settings)
         events = [torch.cuda.Event(enable_timing=True) for _ in range(len(phases) + 1)]
         started = time.perf_counter()
         events[0].record()
@@ -239,17 +241,25 @@ class FastState:
         full-depth tree would not fit)."""
         if not settings.greedy:
             self.uniforms[:1].copy_(torch.rand(1, generator=generator, device=self.device))
+            self.sampling.load(settings)
         self.step_phase(settings)
         return int(self.out[0])
 
+    def warm_up(self) -> None:
+        """Pay every compilation and capture a request could meet, now: a round and a tail step, greedy and
+        sampling (the sampling graph then serves every temperature / top-k / top-p). Leaves the buffers
+        holding garbage: the next :meth:`prefill` starts a generation afresh."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        for settings in (GenerationSettings(), GenerationSettings(temperature=1.0)):
+            self.prefill(torch.zeros(1, dtype=torch.long, device=self.device), settings, generator)
+            self.round(settings, generator)
+            self.tail_step(settings, generator)
+
     def _graphs(self, settings: GenerationSettings, phases) -> dict[str, torch.cuda.CUDAGraph]:
-        key = (phases, settings.greedy, settings.temperature, settings.top_k, settings.top_p)
-        graphs = self._captured.pop(key, None)
+        key = (phases, settings.greedy)  # the sampling settings themselves live in device tensors
+        graphs = self._captured.get(key)
         if graphs is None:
-            if len(self._captured) >= MAX_CAPTURED_SETTINGS:  # a server seeing many temperatures: drop the oldest
-                self._captured.pop(next(iter(self._captured)))
-            graphs = self._capture(settings, phases)
-        self._captured[key] = graphs  # most recently used last
+            graphs = self._captured[key] = self._capture(settings, phases)
         return graphs
 
     def _capture(self, settings, phases) -> dict[str, torch.cuda.CUDAGraph]:
@@ -267,7 +277,7 @@ class FastState:
                 if debug:
                     torch.cuda.set_sync_debug_mode("warn")
                 for name in phases:
-                    getattr(self, f"{name}_phase")(settings)
+                    self._phase_functions[name](settings)
                 if debug:
                     torch.cuda.set_sync_debug_mode("default")
         torch.cuda.current_stream(self.device).wait_stream(stream)
@@ -275,7 +285,7 @@ class FastState:
         for name in phases:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                getattr(self, f"{name}_phase")(settings)
+                self._phase_functions[name](settings)
             graphs[name] = graph
         self._restore(saved)
         torch.cuda.synchronize(self.device)

@@ -63,6 +63,7 @@ def target_probabilities(logits: torch.Tensor, settings: GenerationSettings) -> 
         sorted_probs = sorted_scores.softmax(dim=-1)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
         remove_sorted = mass_before >= settings.top_p  # keep the smallest prefix reaching top_p
+        remove_sorted[..., 0] = False  # ... and always the most likely token (top_p -> 0 is greedy)
         remove = remove_sorted.scatter(-1, order, remove_sorted)
         scores = scores.masked_fill(remove, float("-inf"))
     return scores.softmax(dim=-1)
@@ -77,3 +78,61 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator:
         return logits.argmax(dim=-1)
     probabilities = target_probabilities(logits, settings)
     return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+
+
+class SamplingTensors:
+    """Sampling settings in device tensors, so one captured graph serves every temperature / top-k / top-p.
+
+    temperature: [1] float32; top_k: [1] long (0 = off); top_p: [1] float32. :meth:`load` writes new values
+    in place (outside any graph), so graphs captured over these tensors read the settings of each call.
+    """
+
+    def __init__(self, device):
+        self.temperature = torch.ones(1, device=device)
+        self.top_k = torch.zeros(1, dtype=torch.long, device=device)
+        self.top_p = torch.ones(1, device=device)
+
+    def load(self, settings: GenerationSettings) -> "SamplingTensors":
+        self.temperature.fill_(max(float(settings.temperature), MIN_SAMPLING_TEMPERATURE))
+        self.top_k.fill_(int(settings.top_k))
+        self.top_p.fill_(float(settings.top_p))
+        return self
+
+
+def sample_on_device(logits: torch.Tensor, sampling: SamplingTensors, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling of :func:`target_probabilities` with the settings in ``sampling``, no host reads.
+
+    logits: [T, V] float32; uniforms: [T] in [0, 1) -> [T] long. The same distribution as
+    :func:`target_probabilities` (temperature, then top-k keeping ties at the k-th score, then the smallest
+    top-p prefix, never empty), sampled in descending-score order: P(choice = t) = p_t exactly, and a token
+    of probability 0 is never chosen (its CDF step is empty).
+    """
+    scores = logits / sampling.temperature
+    sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # [T, V]
+    vocab = scores.shape[-1]
+    k = torch.where(sampling.top_k > 0, sampling.top_k.clamp(max=vocab), vocab)  # [1]
+    kth = sorted_scores.index_select(-1, k - 1)  # [T, 1]: the k-th best score (ties with it are kept)
+    sorted_scores = sorted_scores.masked_fill(sorted_scores < kth, float("-inf"))
+    sorted_probs = sorted_scores.softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    remove = mass_before >= sampling.top_p
+    remove[..., 0] = False
+    kept = sorted_scores.masked_fill(remove, float("-inf")).softmax(dim=-1)
+    cdf = kept.cumsum(dim=-1)
+    threshold = (uniforms * cdf[:, -1])[:, None]
+    picked = torch.searchsorted(cdf, threshold, right=True).clamp(max=vocab - 1)  # [T, 1] sorted rank
+    return order.gather(-1, picked)[:, 0]
+
+
+def choose_on_device(logits: torch.Tensor, settings: GenerationSettings, uniforms: torch.Tensor | None,
+                     sampling: SamplingTensors | None = None) -> torch.Tensor:
+    """The target's choice per row without host reads: argmax (greedy), or :func:`sample_on_device` with one
+    uniform per row (``sampling``: the device copy of the settings; made from ``settings`` when None).
+
+    logits: [T, V] float32; uniforms: [T] in [0, 1) (sampling only) -> [T] long.
+    """
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    if sampling is None:
+        sampling = SamplingTensors(logits.device).load(settings)
+    return sample_on_device(logits, sampling, uniforms)

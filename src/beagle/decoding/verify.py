@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from beagle.decoding.sampling import GenerationSettings, choose_tokens
+from beagle.decoding.sampling import GenerationSettings, SamplingTensors, choose_on_device, choose_tokens
 from beagle.decoding.tree import DraftTree
 
 
@@ -89,3 +89,15 @@ class TreeVerifier:
     ) -> Verdict:
         """logits: [N+1, V] target logits at the root (row 0) and the tree nodes."""
         return accept_path(tree, choose_tokens(logits, settings, generator))
+
+
+class FastVerifier:
+    """The same rule at fixed shapes, for the fast path: one target choice per node
+    (:func:`~beagle.decoding.sampling.choose_on_device`), then :func:`accept_on_device`. Tests subclass it to
+    show a broken rule is caught."""
+
+    def choose(self, logits, settings: GenerationSettings, uniforms, sampling: SamplingTensors | None = None):
+        return choose_on_device(logits, settings, uniforms, sampling)
+
+    def accept(self, tree: DraftTree, choices: torch.Tensor, ancestry: torch.Tensor, logits, settings) -> Acceptance:
+        return accept_on_device(tree, choices, ancestry)

@@ -114,11 +114,16 @@ class Attention(nn.Module):
             # is zeroed below. Unconditional, so no host read decides it (the fast path captures this).
             empty_rows = ~mask.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
             mask = torch.cat([mask[..., :1] | empty_rows, mask[..., 1:]], dim=-1)
+        grouped = {}
         if self.kv_heads != self.heads:  # GQA: each key/value head serves `repeat` consecutive query heads
-            repeat = self.heads // self.kv_heads
-            keys = _repeat_heads(keys, repeat)
-            values = _repeat_heads(values, repeat)
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+            if torch.is_grad_enabled():
+                # Training: copy the heads (SDPA's memory-efficient kernel, which takes a mask, has no GQA).
+                repeat = self.heads // self.kv_heads
+                keys = _repeat_heads(keys, repeat)
+                values = _repeat_heads(values, repeat)
+            else:  # decoding: SDPA reads the shared heads in place (no copy of the KV store per level)
+                grouped = {"enable_gqa": True}
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, **grouped)
         if empty_rows is not None:
             out = out.masked_fill(empty_rows, 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
