@@ -11,8 +11,9 @@ One round, four phases, each its own captured unit over the buffers of :class:`F
 
 Nothing inside a phase reads a host value: lengths and positions live in device tensors, commits are
 padded, attention runs over whole static buffers behind masks, and the sampling settings sit in device
-tensors (:class:`~beagle.decoding.sampling.SamplingTensors`). On a GPU each phase is captured once greedy and
-once sampling, then replayed for every temperature / top-k / top-p; with ``compile`` the target pass is
+tensors (:class:`~beagle.decoding.sampling.SamplingTensors`). On a GPU each phase is captured once per sampling
+mode (greedy; sampling; sampling through top-k / top-p, which sorts the vocabulary) and replayed for every
+temperature / top-k / top-p; with ``compile`` the target pass is
 compiled once per token count and the draft, accept and commit phases once each (inductor fuses their
 small kernels: norms, RoPE, SwiGLU, top-k, rerank). On a CPU the same code runs eagerly (what the tests
 check against the eager engine in fp32).
@@ -246,17 +247,18 @@ class FastState:
         return int(self.out[0])
 
     def warm_up(self) -> None:
-        """Pay every compilation and capture a request could meet, now: a round and a tail step, greedy and
-        sampling (the sampling graph then serves every temperature / top-k / top-p). Leaves the buffers
+        """Pay every compilation and capture a request could meet, now: a round and a tail step in each
+        sampling mode (whose graphs then serve every temperature / top-k / top-p). Leaves the buffers
         holding garbage: the next :meth:`prefill` starts a generation afresh."""
         generator = torch.Generator(device=self.device).manual_seed(0)
-        for settings in (GenerationSettings(), GenerationSettings(temperature=1.0)):
+        for settings in (GenerationSettings(), GenerationSettings(temperature=1.0),
+                         GenerationSettings(temperature=1.0, top_p=0.9)):
             self.prefill(torch.zeros(1, dtype=torch.long, device=self.device), settings, generator)
             self.round(settings, generator)
             self.tail_step(settings, generator)
 
     def _graphs(self, settings: GenerationSettings, phases) -> dict[str, torch.cuda.CUDAGraph]:
-        key = (phases, settings.greedy)  # the sampling settings themselves live in device tensors
+        key = (phases, settings.mode)  # the sampling settings themselves live in device tensors
         graphs = self._captured.get(key)
         if graphs is None:
             graphs = self._captured[key] = self._capture(settings, phases)

@@ -32,6 +32,17 @@ class GenerationSettings:
     def greedy(self) -> bool:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
 
+    @property
+    def filtered(self) -> bool:
+        """Sampling through top-k or top-p (which needs a sort of the vocabulary)."""
+        return not self.greedy and (self.top_k > 0 or self.top_p < 1.0)
+
+    @property
+    def mode(self) -> str:
+        """What a captured graph depends on: ``greedy``, ``sample`` or ``filtered`` (the values themselves
+        live in :class:`SamplingTensors`)."""
+        return "greedy" if self.greedy else "filtered" if self.filtered else "sample"
+
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise BeagleError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
@@ -99,15 +110,21 @@ class SamplingTensors:
         return self
 
 
-def sample_on_device(logits: torch.Tensor, sampling: SamplingTensors, uniforms: torch.Tensor) -> torch.Tensor:
+def sample_on_device(logits: torch.Tensor, sampling: SamplingTensors, uniforms: torch.Tensor,
+                     filtered: bool = True) -> torch.Tensor:
     """Inverse-CDF sampling of :func:`target_probabilities` with the settings in ``sampling``, no host reads.
 
-    logits: [T, V] float32; uniforms: [T] in [0, 1) -> [T] long. The same distribution as
-    :func:`target_probabilities` (temperature, then top-k keeping ties at the k-th score, then the smallest
-    top-p prefix, never empty), sampled in descending-score order: P(choice = t) = p_t exactly, and a token
-    of probability 0 is never chosen (its CDF step is empty).
+    logits: [T, V] float32; uniforms: [T] in [0, 1) -> [T] long. ``filtered``: apply top-k / top-p (a sort of
+    the vocabulary per row); without it, temperature only, sampled in vocabulary order. Filtered, the same
+    distribution as :func:`target_probabilities` (temperature, then top-k keeping ties at the k-th score,
+    then the smallest top-p prefix, never empty), sampled in descending-score order. Either way
+    P(choice = t) = p_t exactly, and a token of probability 0 is never chosen (its CDF step is empty).
     """
     scores = logits / sampling.temperature
+    if not filtered:
+        cdf = scores.softmax(dim=-1).cumsum(dim=-1)  # [T, V]
+        threshold = (uniforms * cdf[:, -1])[:, None]
+        return torch.searchsorted(cdf, threshold, right=True)[:, 0].clamp(max=scores.shape[-1] - 1)
     sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # [T, V]
     vocab = scores.shape[-1]
     k = torch.where(sampling.top_k > 0, sampling.top_k.clamp(max=vocab), vocab)  # [1]
@@ -135,4 +152,4 @@ def choose_on_device(logits: torch.Tensor, settings: GenerationSettings, uniform
         return logits.argmax(dim=-1)
     if sampling is None:
         sampling = SamplingTensors(logits.device).load(settings)
-    return sample_on_device(logits, sampling, uniforms)
+    return sample_on_device(logits, sampling, uniforms, settings.filtered)

@@ -140,8 +140,10 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """``nn.functional.linear(x, weight, bias)``: x [..., d], weight [R, d], bias [R] | None -> [..., R],
     through the process's CPU kernel where :func:`takes_cpu_kernel` says so. Under ``torch.compile`` it is the
     stock call: the compiler packs weights itself, and the Python bookkeeping here would break its graph."""
+    if torch.compiler.is_compiling() or weight.device.type != "cpu":  # before any Python bookkeeping
+        return nn.functional.linear(x, weight, bias)
     kernel = current_kernel()
-    if kernel == "stock" or torch.compiler.is_compiling() or not takes_cpu_kernel(x, weight):
+    if kernel == "stock" or not takes_cpu_kernel(x, weight):
         return nn.functional.linear(x, weight, bias)
     if kernel == "onednn":
         if weight.dtype == torch.bfloat16 and not onednn_bf16_supported():
