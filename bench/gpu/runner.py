@@ -21,7 +21,11 @@ BEAGLE = [sys.executable, "-m", "beagle.cli.main"]  # the `beagle` CLI of this c
 
 
 def shown(argv: list[str]) -> str:
-    return shlex.join(["python3" if part == sys.executable else str(part) for part in argv])
+    """The command as a person would type it: ``python3`` for this interpreter, paths in the checkout relative."""
+    def part(value) -> str:
+        text = str(value)
+        return "python3" if text == sys.executable else text.removeprefix(f"{ROOT}/")
+    return shlex.join([part(value) for value in argv])
 
 
 class Runner:
