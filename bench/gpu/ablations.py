@@ -1,47 +1,14 @@
-"""Helpers of bench/gpu/ablations.sh: prepare the conversations, split the regenerated file, summarise the
-runs, export the chosen drafts.
-
-    python bench/gpu/ablations.py prepare SOURCE TRAIN HELDOUT WORK    # WORK/conversations.jsonl (held-out first)
-    python bench/gpu/ablations.py split WORK [ABLATION_TRAIN [nofixed]] # WORK/{regen-train,regen-heldout,fixed-train,
-                                                                       #       regen-train-all}.jsonl
-    python bench/gpu/ablations.py summarize WORK MAX_STEPS OUT         # OUT/ablations.{json,md}
-    python bench/gpu/ablations.py export WORK MAX_STEPS OUT            # OUT/{beagle,eagle2}/ (bf16)
-    python bench/gpu/ablations.py best WORK MAX_STEPS ARCH             # the best run of ARCH
-    python bench/gpu/ablations.py arch-run ARCH NAME [NAME ...]        # the one of NAME... of ARCH
+"""The data and table steps of `driver.py ablations` / `retrain`: prepare the conversations, split the regenerated
+file, summarise the runs, pick the best run of each architecture.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
-# name -> (arch, data, what differs from the base run "beagle")
-VARIANTS = {
-    "beagle": ("beagle", "regenerated", "base: regenerated data, stage 1 + 2, window 5, sim-steps 4, target's KV heads"),
-    "beagle-fixed": ("beagle", "fixed", "ShareGPT's answers instead of the target's"),
-    "beagle-stage1": ("beagle", "regenerated", "stage 1 only (--epochs-stage2 0)"),
-    "beagle-window3": ("beagle", "regenerated", "--window 3"),
-    "beagle-sim5": ("beagle", "regenerated", "--sim-steps 5 (stage 2 covers the tree depth)"),
-    "beagle-kv": ("beagle", "regenerated", "--draft-kv-heads = all heads (values keep every state dim)"),
-    "eagle2": ("eagle2", "regenerated", "EAGLE-2 on the regenerated data"),
-    "eagle2-fixed": ("eagle2", "fixed", "EAGLE-2 on ShareGPT's answers"),
-    "beagle-ft": ("beagle", "regenerated", "the shipped Beagle draft fine-tuned (--init-draft, lr LR_FT)"),
-    "eagle2-ft": ("eagle2", "regenerated", "the shipped EAGLE-2 draft fine-tuned (--init-draft, lr LR_FT)"),
-}
-PAIRS = [  # (question, run, reference)
-    ("regenerated vs fixed data (Beagle)", "beagle", "beagle-fixed"),
-    ("stage 1 + 2 vs stage 1 only", "beagle", "beagle-stage1"),
-    ("window 5 vs 3", "beagle", "beagle-window3"),
-    ("sim-steps 5 vs 4", "beagle-sim5", "beagle"),
-    ("all KV heads vs the target's", "beagle-kv", "beagle"),
-    ("EAGLE-2 vs Beagle (regenerated)", "eagle2", "beagle"),
-    ("regenerated vs fixed data (EAGLE-2)", "eagle2", "eagle2-fixed"),
-    ("fine-tuned shipped vs from scratch (Beagle)", "beagle-ft", "beagle"),
-    ("fine-tuned shipped vs from scratch (EAGLE-2)", "eagle2-ft", "eagle2"),
-    ("EAGLE-2 vs Beagle (fine-tuned)", "eagle2-ft", "beagle-ft"),
-]
+from variants import PAIRS, VARIANTS
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -56,37 +23,37 @@ def _write_jsonl(path: Path, records) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def prepare(source: str, train: str, heldout: str, work: str) -> None:
+def prepare(source: Path, train: int, heldout: int, work: Path) -> None:
     """The staged file holds the training conversations, then the held-out ones. Write the first HELDOUT
     held-out ones, then the first TRAIN training ones (held-out first: --time-budget cuts training ones only)."""
     records = _read_jsonl(Path(source))
-    train_count, heldout_count = int(train), int(heldout)
+    train_count, heldout_count = train, heldout
     if len(records) < train_count + heldout_count:
         raise SystemExit(f"{source} has {len(records)} records, fewer than {train_count} + {heldout_count}")
     chosen = records[train_count : train_count + heldout_count] + records[:train_count]
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(work_dir / "conversations.jsonl", chosen)
-    (work_dir / "sources.json").write_text(json.dumps({"source": source, "heldout": heldout_count,
+    (work_dir / "sources.json").write_text(json.dumps({"source": str(source), "heldout": heldout_count,
                                                        "train": train_count}) + "\n")
     print(f"{heldout_count} held-out + {train_count} training conversations -> {work_dir / 'conversations.jsonl'}")
 
 
-def split(work: str, ablation_train: str = "", fixed: str = "fixed") -> None:
+def split(work: Path, ablation_train: int | None = None, fixed: bool = True) -> None:
     """Regenerated records with index < HELDOUT are held out. The ablation runs train on the first ABLATION_TRAIN
     regenerated training conversations (all when empty) -> regen-train; the fixed data = the source records of
     those conversations, with their original (ShareGPT) answers -> fixed-train; every regenerated training
-    conversation -> regen-train-all (what bench/gpu/retrain.sh trains on)."""
+    conversation -> regen-train-all (what `driver.py retrain` trains on)."""
     work_dir = Path(work)
     heldout = json.loads((work_dir / "sources.json").read_text())["heldout"]
     source = _read_jsonl(work_dir / "conversations.jsonl")
     regenerated = _read_jsonl(work_dir / "regenerated.jsonl")
     everything = [r for r in regenerated if r["index"] >= heldout]
-    train = everything[: int(ablation_train)] if ablation_train else everything
+    train = everything[:ablation_train] if ablation_train else everything
     _write_jsonl(work_dir / "regen-heldout.jsonl", [r for r in regenerated if r["index"] < heldout])
     _write_jsonl(work_dir / "regen-train.jsonl", train)
     _write_jsonl(work_dir / "regen-train-all.jsonl", everything)
-    if fixed != "nofixed":  # FEATURES_ONLY needs no fixed data
+    if fixed:  # the features for retrain alone need no fixed data
         _write_jsonl(work_dir / "fixed-train.jsonl", [source[r["index"]] for r in train])
     print(f"{len(everything)} regenerated training conversations, the ablations train on {len(train)} (and their "
           f"fixed originals), {len(regenerated) - len(everything)} held out")
@@ -104,12 +71,12 @@ def load_runs(work: Path, max_steps: int) -> list[dict]:
         for line in (work / "status.txt").read_text().splitlines():
             name, code, seconds = line.split()
             status[name] = {"exit": int(code), "seconds": int(seconds)}
-    for name, (arch, data, change) in VARIANTS.items():
+    for name, variant in VARIANTS.items():
         path = work / "runs" / name / "config.json"
         run_status = status.get(name)
         if run_status is None and not path.is_file():
-            continue  # not in VARIANTS of this call
-        row = {"run": name, "arch": arch, "data": data, "change": change, **(run_status or {})}
+            continue  # not trained in this call
+        row = {"run": name, "arch": variant.arch, "data": variant.data, "change": variant.change, **(run_status or {})}
         if path.is_file():
             config = json.loads(path.read_text())
             final = _final(config)
@@ -125,8 +92,8 @@ def load_runs(work: Path, max_steps: int) -> list[dict]:
     return rows
 
 
-def summarize(work: str, max_steps: str, out: str) -> None:
-    work_dir, out_dir, steps = Path(work), Path(out), int(max_steps)
+def summarize(work: Path, max_steps: int, out: Path) -> None:
+    work_dir, out_dir, steps = Path(work), Path(out), max_steps
     rows = load_runs(work_dir, steps)
     regen_report = work_dir / "regenerate-report.json"
     report = json.loads(regen_report.read_text()) if regen_report.is_file() else None
@@ -144,7 +111,7 @@ def summarize(work: str, max_steps: str, out: str) -> None:
         f"# Ablations: drafts that match their target ({steps} steps of the same batch each)",
         "",
         "τ_sim: held-out simulated mean acceptance length (greedy chains, depth 5) on the same target-regenerated "
-        "held-out conversations for every run (`--eval-data`), at the last evaluation (MAX_STEPS unless the run "
+        "held-out conversations for every run (`--eval-data`), at the last evaluation (--max-steps unless the run "
         "is marked incomplete: cut by the time limit, it keeps its last epoch); epoch 1 ends at the same step for "
         "runs on the same data.",
         "",
@@ -181,43 +148,3 @@ def best_runs(work_dir: Path, max_steps: int) -> dict[str, str]:
         if mine:
             chosen[arch] = max(mine, key=lambda row: row["tau"])["run"]
     return chosen
-
-
-def best(work: str, max_steps: str, arch: str) -> None:
-    """Print the best run of ``arch`` (bench/gpu/retrain.sh trains its recipe longer)."""
-    chosen = best_runs(Path(work), int(max_steps))
-    if arch not in chosen:
-        raise SystemExit(f"no finished {arch} run in {work}/runs")
-    print(chosen[arch])
-
-
-def arch_run(arch: str, *names: str) -> None:
-    """Of the variant ``names``, print the one of ``arch`` (bench/gpu/retrain.sh RECIPES)."""
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
-    mine = [name for name in names if VARIANTS[name][0] == arch]
-    if len(mine) != 1:
-        raise SystemExit(f"RECIPES must name exactly one {arch} variant (got {mine})")
-    print(mine[0])
-
-
-def export(work: str, max_steps: str, out: str, runs: str = "runs") -> None:
-    """The best Beagle run and the best EAGLE-2 run (highest final τ_sim; complete runs first) as bf16."""
-    import torch
-
-    from beagle.models.checkpoint import load_draft, save_draft
-
-    work_dir, out_dir = Path(work), Path(out)
-    for folder, run in best_runs(work_dir, int(max_steps)).items():
-        draft = load_draft(work_dir / runs / run, dtype=torch.float32)
-        save_draft(draft, out_dir / folder, extra={"ablation_run": run}, dtype=torch.bfloat16)
-        print(f"{run} -> {out_dir / folder} (bf16)")
-
-
-if __name__ == "__main__":
-    commands = {"prepare": prepare, "split": split, "summarize": summarize, "export": export, "best": best,
-                "arch-run": arch_run}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        raise SystemExit(__doc__)
-    commands[sys.argv[1]](*sys.argv[2:])

@@ -8,7 +8,7 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=1000),
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                          vocab_size=128256, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
-    # SmolLM2-135M: for calibrating the training budget of bench/gpu/train_smollm2.sh
+    # SmolLM2-135M: for calibrating the training budget of `driver.py train`
     "smollm2": dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
                     vocab_size=49152, tie_word_embeddings=True,
                     rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),

@@ -1,4 +1,4 @@
-"""Draft vocabularies for bench/gpu/bench_drafts.sh, in one process (one target load): what
+"""Draft vocabularies for `driver.py vocab-bench`, in one process (one target load): what
 `beagle vocab --features F --size N --out FILE` then `beagle vocab --vocab FILE --draft D --out D2` do, for every
 size N and every draft, plus the shipped 8192-token vocabulary (counted over ShareGPT's answers).
 

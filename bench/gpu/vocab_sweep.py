@@ -1,7 +1,7 @@
 """Draft vocabulary sweep on a GPU: bench/cpu/vocab_sweep.py with GPU defaults (bf16, both shipped drafts,
 the GPU trees 5/10/60 and 4/8/32, 12 MT-Bench questions, 128 new tokens). Any flag of that script may follow
 and overrides these. The vocabularies are built the same way as on the CPU: the first 6000 ShareGPT training
-conversations (the staged subset, bench/gpu/prepare_stage.sh), never the benchmark prompts.
+conversations (the staged subset, bench/gpu/staging/), never the benchmark prompts.
 
     PYTHONPATH=src python3 bench/gpu/vocab_sweep.py --out $OUT/vocab-sweep/            # after staging
     PYTHONPATH=src python3 bench/gpu/vocab_sweep.py --repeats 2 --out docs/results/vocab-sweep-h200/

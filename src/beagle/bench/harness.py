@@ -27,8 +27,8 @@ AR generation).
 cuDNN attention: by default the run disables PyTorch's cuDNN SDPA backend (``cudnn_sdp=False``), for
 every method, as every Beagle entry point does on CUDA (:mod:`beagle.kernels.attention_backend`). cuDNN
 builds an execution plan for every new attention shape (query length × key length) and decoding meets a
-new one at nearly every call: measured on an H200 (torch 2.11, bf16, ``bench/gpu/round_cost.py``), plain
-AR decoding took 60–67 ms per token with it and 24 ms without; a speculative round 179 ms vs 49 ms.
+new one at nearly every call, which makes decoding several times slower (``docs/results/cudnn-h200``,
+measured with ``bench/gpu/round_cost.py``).
 Flash / memory-efficient SDPA have no such cost, so "off" is every method's faster setting.
 ``cudnn_sdp=None`` leaves the setting alone; the state used is in ``environment``.
 

@@ -45,9 +45,8 @@ class TreeSettings:
 
 # The default tree on a CPU, from a measured sweep (bench/cpu/cpu_paths.py, docs/results/cpu-tree-sweep-onednn.md).
 # With oneDNN linears, grouped-query attention without KV copies and an in-place KV cache (beagle.target_model), a
-# target pass over 9 tokens costs about 1.15–1.25 plain steps on a 2-core CPU, so a wide, shallow tree pays:
-# depth 2, top-k 6, 8 draft tokens gave τ 1.88 and 1.36× plain decoding with SmolLM2 and the shipped Beagle
-# draft at N = 8192 (2/8/10: 1.36×, 2/2/3: 1.26×, 3/6/10: 1.28×).
+# target pass over 9 tokens costs little more than a plain step on a CPU, so a wide, shallow tree pays: depth 2,
+# top-k 6, 8 draft tokens was the fastest of the sweep (its figures are in that file, not here).
 CPU_TREE = {"depth": 2, "top_k": 6, "total_tokens": 8}
 
 

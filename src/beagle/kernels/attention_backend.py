@@ -1,11 +1,10 @@
 """PyTorch's cuDNN attention backend: off by default on CUDA, for every Beagle entry point.
 
 cuDNN's scaled-dot-product attention builds an execution plan for every new attention shape
-(query length × key length), which cost 35–42 ms of host time per call on an H200 (torch 2.11, bf16)
-against 20–60 µs of GPU time. Decoding meets a new shape at nearly every call: the key length grows each
-step, tree levels and verification passes have their own query lengths. Measured side by side
-(``docs/results/cudnn-h200``): plain AR decoding 60 vs 24 ms per token, a speculative round 179 vs 49 ms,
-SmolLM2 with the shipped Beagle draft 15.9 vs 50.8 tokens/s — with vs without cuDNN attention. The flash /
+(query length × key length), which costs far more host time than the kernel's GPU time. Decoding meets a new
+shape at nearly every call: the key length grows each step, tree levels and verification passes have their own
+query lengths, so decoding runs several times slower with it (measured side by side in
+``docs/results/cudnn-h200``). The flash /
 memory-efficient kernels PyTorch uses instead have no such cost. So Beagle disables the cuDNN backend when
 it puts a target on a GPU (:func:`configure_attention`): a process-wide PyTorch switch, logged when it
 flips, the same for AR and speculative decoding and for training. Set ``BEAGLE_CUDNN_SDP=1`` to keep it.

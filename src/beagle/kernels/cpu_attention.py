@@ -3,9 +3,8 @@
 transformers' SDPA attention copies every layer's keys and values ``num_key_value_groups`` times
 (``repeat_kv``) whenever an attention mask is present, because CUDA's fused kernels cannot take grouped
 heads with a mask. A tree verification pass always carries a mask, so on a CPU it paid for two copies of
-the whole KV cache per layer per pass: measured on a 2-core x86 CPU (SmolLM2-135M, 3 KV heads for 9 query
-heads, 209 cached tokens, fp32), 7.4 ms of a 40 ms pass over 9 tokens. PyTorch's CPU SDPA takes
-``enable_gqa=True`` with a mask and reads the grouped heads in place.
+the whole KV cache per layer per pass, a sizeable share of a pass (``docs/results/cpu-kernels.md``).
+PyTorch's CPU SDPA takes ``enable_gqa=True`` with a mask and reads the grouped heads in place.
 
 :func:`use_cpu_gqa_attention` switches a model whose attention is ``sdpa`` to :data:`IMPLEMENTATION`,
 registered with transformers' ``AttentionInterface`` (and its mask builder with ``AttentionMaskInterface``,

@@ -3,15 +3,14 @@ about what a pass over one does.
 
 Speculative decoding on a CPU lives or dies by one number: what a target pass over a handful of tree
 tokens costs against a plain one-token step. PyTorch's stock CPU product (``x @ Wᵀ`` through MKL) reads
-float32 weights at a fraction of memory bandwidth for 2–64 rows, so on a 2-core x86 CPU (SmolLM2-135M,
-200 tokens of context) a pass over 4 tokens cost 1.7× a step and over 8 tokens 1.5×. Three kernels,
+float32 weights at a fraction of memory bandwidth for 2–64 rows, so a pass over 4 or 8 tokens costs well over a
+step (figures: ``docs/results/cpu-kernels.md``). Three kernels,
 chosen per process (``BEAGLE_CPU_LINEAR`` or :func:`use_kernel`):
 
 - ``onednn`` (the default where PyTorch has oneDNN): the weight is re-laid-out once into oneDNN's blocked
   format (``torch.ops.mkldnn._reorder_linear_weight``, the same call ``torch.compile`` uses when it freezes a
-  CPU model) and every product runs ``torch.ops.mkldnn._linear_pointwise``. On that CPU the 211 linears
-  of one SmolLM2-shaped pass over 1 / 4 / 8 / 12 rows took 19 / 18 / 23 / 21 ms, against 44 / 55 / 50 / 57 ms stock, and a
-  600-token prefill half the stock time (``docs/results/cpu-paths.md`` has whole passes). The packed copy
+  CPU model) and every product runs ``torch.ops.mkldnn._linear_pointwise``: a pass over a few rows then costs
+  about what one row does (``docs/results/cpu-kernels.md``, ``docs/results/cpu-paths.md``). The packed copy
   costs one more copy of the weights in memory; it is made on first use and made again when the weight
   changes (its version counter moves). float32 and bfloat16 (a bf16 draft beside a float32 target).
 - ``columns``: ``(W @ xᵀ)ᵀ`` for 1..``CPU_SMALL_BATCH_ROWS`` rows, 1 and 3 rows padded by one (2 and 4
@@ -41,8 +40,7 @@ from beagle.errors import BeagleError
 ENV = "BEAGLE_CPU_LINEAR"
 KERNELS = ("onednn", "columns", "stock")
 CPU_SMALL_BATCH_ROWS = 64
-# ``columns`` row counts padded by one: measured per 1536 × 576 projection (2 cores, fp32), 1 / 2 / 3 / 4
-# columns of W @ xᵀ took 330 / 131–153 / 194–212 / 142 µs. 5 columns (219 µs) beat 6 (309 µs).
+# ``columns`` row counts padded by one: 2 and 4 columns of W @ xᵀ beat 1 and 3 (docs/results/cpu-kernels.md).
 PADDED_ROWS = (1, 3)
 _INSTALLED = "_beagle_cpu_linear"
 

@@ -7,7 +7,7 @@ export BEAGLE_CACHE=/tmp/beagle-cache PYTHONPATH=src
 if [ ! -d "$BEAGLE_CACHE/models/smollm2" ]; then
     for piece in 0 1; do
         if [ ! -f "$STAGE/smollm2.gguf.part-$piece" ]; then
-            echo "piece $piece of the GGUF is not on this machine (the machine was not warm): run stage_a.sh and stage_b.sh first" >&2
+            echo "piece $piece of the GGUF is not on this machine (the machine was not warm): run bench/gpu/staging/stage_a.sh and stage_b.sh first" >&2
             exit 3
         fi
     done
