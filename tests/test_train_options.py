@@ -47,3 +47,20 @@ def test_arch_choices_and_default_come_from_the_registry():
     assert f"--arch {' / '.join(registry.taking_option('ttt_steps'))} only" in ttt.help
     with pytest.raises(SystemExit):
         parse([*REQUIRED, "--arch", "not-an-architecture"])
+
+
+def test_building_the_command_line_imports_no_torch():
+    """The registry and TrainConfig are read at parser build: `beagle --help` must stay free of torch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = ("import sys; from beagle.cli.main import build_parser; build_parser(); "
+            "from beagle.models import registry; assert registry.names(); "
+            "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": src})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

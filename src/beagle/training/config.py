@@ -22,6 +22,9 @@ from beagle.models.settings import ObjectiveSettings
 
 FSDP_CHOICES = ("none", "draft", "target", "both")  # see beagle.training.distributed
 LR_SCHEDULES = ("constant", "cosine", "linear")  # see beagle.training.schedule
+# Options some architectures read (their registration's ``options``) and the values that leave them off:
+# another architecture accepts those values and refuses the rest.
+ARCHITECTURE_OPTIONS_UNSET = {"ttt_steps": (0, 1)}
 
 
 def option(default, help: str | None = None, **cli):
@@ -201,8 +204,3 @@ class TrainConfig:
     def stage_of(self, epoch: int) -> int:
         """The training stage (1 or 2) of 0-based ``epoch`` (architectures of one stage: always 1)."""
         return self.architecture.stage_of(epoch, self.epochs_stage1)
-
-
-# Options some architectures read (registry ``options``) and the values that leave them off: another
-# architecture accepts those values and refuses the rest.
-ARCHITECTURE_OPTIONS_UNSET = {"ttt_steps": (0, 1)}
