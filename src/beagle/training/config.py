@@ -14,7 +14,7 @@ This module imports no torch (``beagle train --help`` reads it); the checks that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from beagle.errors import BeagleError
 from beagle.models import registry
@@ -173,8 +173,11 @@ class TrainConfig:
         return self
 
     def _check_architecture_options(self) -> None:
-        """Refuse an option that only other architectures read (the registry's ``options``), when set."""
-        for name, unset in ARCHITECTURE_OPTIONS_UNSET.items():
+        """Refuse an option that only other architectures read (the registry's ``options``), when set (not
+        its default, or a value of ARCHITECTURE_OPTIONS_UNSET)."""
+        defaults = {item.name: item.default for item in fields(self)}
+        for name in dict.fromkeys(option for item in registry.architectures() for option in item.options):
+            unset = ARCHITECTURE_OPTIONS_UNSET.get(name, (defaults[name],))
             takers = registry.taking_option(name)
             if getattr(self, name) not in unset and self.arch not in takers:
                 flag = "--" + name.replace("_", "-")
