@@ -21,7 +21,8 @@ import pytest
 from beagle.assets import gguf as G
 from beagle.assets import pypi
 from beagle.assets.convert import convert_gguf, hf_tensor_name, unpermute_qk
-from beagle.assets.datasets import load_sharegpt, salvage_sharegpt
+from beagle.assets.datasets import load_sharegpt
+from beagle.assets.salvage import salvage_sharegpt
 from beagle.errors import DataError, FetchError
 
 # --------------------------------------------------------------------------- tiny GGUF writer
@@ -309,7 +310,7 @@ def _conv(i: int, turns: int) -> dict[str, Any]:
 
 def test_salvage_sharegpt_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     caplog: pytest.LogCaptureFixture) -> None:
-    import beagle.assets.datasets as D
+    import beagle.assets.salvage as D
 
     monkeypatch.setattr(D, "_CHUNK_CHARS", 7)  # force records to straddle chunk boundaries
     records = [_conv(0, 2), _conv(1, 1), _conv(2, 4), _conv(3, 2)]
@@ -320,7 +321,7 @@ def test_salvage_sharegpt_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(json.JSONDecodeError):
         json.loads(source.read_text(encoding="utf-8"))
     out = tmp_path / "out.jsonl"
-    with caplog.at_level(logging.INFO, logger="beagle.assets.datasets"):
+    with caplog.at_level(logging.INFO, logger="beagle.assets.salvage"):
         count = salvage_sharegpt(source, out)
     assert count == 3
     assert "salvaged 3 ShareGPT records" in caplog.text

@@ -8,19 +8,14 @@ import torch
 from beagle.models.checkpoint import build_draft, load_draft
 from beagle.data.conversations import ChatDataset
 from beagle.data.features import FeatureDataset, generate_features
-from beagle.training.masks import inverse_block_mask, window_positions
-from beagle.training.objectives import (
-    BeagleStage2,
-    Eagle2Objective,
-    ObjectiveSettings,
-    TrainBatch,
-    eagle_unroll,
-    make_objective,
-    peak_saved_tensor_bytes,
-    simulate_drafting,
-    simulated_acceptance,
-    simulated_tau,
-)
+from beagle.models.beagle.masks import inverse_block_mask, window_positions
+from beagle.models.beagle.objective import BeagleStage2, simulate_drafting
+from beagle.models.eagle2.objective import Eagle2Objective, eagle_unroll
+from beagle.models.objective import TrainBatch
+from beagle.models.registry import make_objective
+from beagle.models.settings import ObjectiveSettings
+from beagle.training.evaluation import simulated_acceptance, simulated_tau
+from beagle.training.memory import peak_saved_tensor_bytes
 from beagle.training.trainer import STATE_NAME, Trainer, TrainConfig, train
 from test_training_support import pretokenized, tiny_target, write_jsonl
 

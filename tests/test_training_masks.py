@@ -2,15 +2,8 @@
 
 import torch
 
-from beagle.training.masks import (
-    block_index,
-    causal_mask,
-    has_context,
-    inverse_block_mask,
-    simulation_mask,
-    unrolled_mask,
-    window_positions,
-)
+from beagle.models.beagle.masks import block_index, has_context, inverse_block_mask, simulation_mask, window_positions
+from beagle.models.eagle2.masks import causal_mask, unrolled_mask
 
 
 def rows(mask):

@@ -290,7 +290,7 @@ def test_sampling_with_a_draft_vocabulary_matches_the_target_distribution():
 
 
 def test_subset_loss_restricts_renormalises_and_weights_by_mass():
-    from beagle.training.losses import position_losses
+    from beagle.models.losses import position_losses
 
     target = make_tiny_target("llama", seed=4)
     torch.manual_seed(0)
@@ -350,7 +350,8 @@ def test_train_with_draft_vocab_round_trips(tmp_path, arch, capsys):
 
 
 def test_simulated_acceptance_drafts_through_the_vocabulary():
-    from beagle.training.objectives import TrainBatch, simulated_acceptance
+    from beagle.models.objective import TrainBatch
+    from beagle.training.evaluation import simulated_acceptance
 
     target = make_tiny_target("llama", seed=2)
     make_bigram(target)

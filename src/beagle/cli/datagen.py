@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from beagle.cli.common import add_target_args
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,7 +15,7 @@ def register(subparsers) -> None:
         description="Run the frozen target over the conversations once and store its top states (bf16), "
                     "token ids and assistant masks in resumable safetensors shards.",
     )
-    parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
+    add_target_args(parser)
     parser.add_argument("--data", required=True, help="conversations: ShareGPT or OpenAI messages, JSON list or "
                                                        "JSONL ('sharegpt' = the training split of the public ShareGPT dump, held-out conversations excluded)")
     parser.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
@@ -22,8 +24,6 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N usable conversations")
     parser.add_argument("--batch-tokens", type=int, default=16384, help="tokens per target pass (default 16384)")
     parser.add_argument("--states-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", help="target dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float32")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 

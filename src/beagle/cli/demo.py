@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from beagle.cli.common import add_draft_dtype_arg, add_tree_args
+from beagle.cli.common import add_draft_dtype_arg, add_target_args, add_tree_args
 from beagle.serving.demo import DEMO_DRAFT, DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS, DEMO_TARGET, DEMO_VOCAB
 
 
@@ -22,16 +22,13 @@ def register(subparsers) -> None:
                         help=f"MT-Bench questions to answer (default {DEMO_QUESTIONS})")
     parser.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS,
                         help=f"new tokens per answer (default {DEMO_MAX_NEW_TOKENS})")
-    parser.add_argument("--target", default=DEMO_TARGET,
-                        help=f"HF model folder or hub id (default {DEMO_TARGET!r}: SmolLM2-135M-Instruct)")
+    add_target_args(parser, required=False, default=DEMO_TARGET)
     parser.add_argument("--draft", default=DEMO_DRAFT,
                         help=f"draft checkpoint folder or shipped draft name (default {DEMO_DRAFT!r})")
     parser.add_argument("--draft-vocab", default="auto", metavar="auto|none|FILE",
                         help=f"the draft vocabulary to propose from: auto (the draft's own, else {DEMO_VOCAB!r} "
                              f"with the default target), none (the full {DEMO_TARGET} vocabulary), or a vocabulary "
                              "file from `beagle vocab` (default auto)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     add_draft_dtype_arg(parser)
     add_tree_args(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")

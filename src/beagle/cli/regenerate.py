@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from beagle.cli.common import add_target_args
+
 EPILOG = """\
 Each assistant turn becomes the target's greedy answer to the conversation so far (earlier answers already
 regenerated), rendered with its chat template. The output (JSONL of {"index", "messages"}; .gz compresses)
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
+    add_target_args(parser)
     parser.add_argument("--data", required=True, help="conversations: ShareGPT or OpenAI messages, JSON list or JSONL "
                                                       "('sharegpt' = the training split of the public ShareGPT dump)")
     parser.add_argument("--out", required=True, help="output JSONL file (.jsonl.gz: compressed)")
@@ -42,8 +44,6 @@ def register(subparsers) -> None:
                         help="seconds: start no new conversation after that (the output then holds those started)")
     parser.add_argument("--report", default=None,
                         help="also write the report (counts, drop reasons, tokens/s) as JSON to this file")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from beagle.cli.common import add_target_args
+
 COVERAGE_SIZES = (1024, 2048, 4096, 8192, 16384, 32768)
 
 EPILOG = """\
@@ -32,7 +34,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target", required=True, help="HF model folder or hub id ('smollm2' = SmolLM2-135M-Instruct)")
+    add_target_args(parser, device_help="cuda or cpu (default: cpu, or cuda with --regenerate if available)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", help="conversations (ShareGPT / OpenAI messages / pre-tokenized, JSON or JSONL; "
                                        "'sharegpt' = the training split of the public ShareGPT dump); never the "
@@ -48,8 +50,6 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="count the first N usable conversations only")
     parser.add_argument("--regenerate", action="store_true",
                         help="count the target's own greedy answers instead of the data's (cached; slow on a CPU)")
-    parser.add_argument("--dtype", default="auto", help="target dtype (auto: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cpu, or cuda with --regenerate if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(func=run)

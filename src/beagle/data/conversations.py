@@ -112,7 +112,8 @@ def resolve_data_path(name_or_path: str | os.PathLike) -> Path:
 def sharegpt_train_file() -> Path:
     """The training split of the ShareGPT dump as JSONL (all but the held-out conversations that
     ``beagle bench --prompts sharegpt-heldout`` evaluates on), written once next to the fetched dump."""
-    from beagle.assets.datasets import load_sharegpt, write_jsonl
+    from beagle.assets.datasets import load_sharegpt
+    from beagle.assets.salvage import write_jsonl
     from beagle.assets.registry import fetch_asset
 
     source = Path(fetch_asset("sharegpt"))

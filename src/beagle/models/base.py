@@ -1,4 +1,4 @@
-"""The draft interface shared by training and decoding, and the architecture registry.
+"""The draft interface shared by training and decoding (architectures register in :mod:`beagle.models.registry`).
 
 A draft predicts the next token from a *draft state* h (same space as the target's top
 state) through the target's frozen LM head. Both architectures implement:
@@ -17,7 +17,6 @@ through ``draft_logits`` (over the draft vocabulary: N ≤ V kept rows of the he
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,30 +25,7 @@ from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
 from beagle.kernels.cpu_linear import cpu_linear, install_cpu_linear
-
-if TYPE_CHECKING:
-    from beagle.vocab.core import DraftVocab
-
-DRAFT_CLASSES: dict[str, type["DraftModel"]] = {}
-
-
-def register(arch: str):
-    def decorate(cls):
-        DRAFT_CLASSES[arch] = cls
-        cls.arch = arch
-        return cls
-
-    return decorate
-
-
-def draft_class(arch: str) -> type["DraftModel"]:
-    # Importing the modules registers the classes.
-    from beagle.models import beagle as _beagle  # noqa: F401
-    from beagle.models import eagle2 as _eagle2  # noqa: F401
-
-    if arch not in DRAFT_CLASSES:
-        raise BeagleError(f"unknown draft architecture {arch!r}; choose one of {sorted(DRAFT_CLASSES)}")
-    return DRAFT_CLASSES[arch]
+from beagle.vocab.core import DraftVocab, load_vocab
 
 
 def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -60,7 +36,7 @@ def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 class DraftModel(nn.Module):
-    arch = "base"
+    arch = "base"  # a subclass says its registered architecture's name (beagle.models.registry)
     # Methods besides ``forward`` that training calls with the draft's parameters (FSDP hooks them).
     fsdp_methods: tuple[str, ...] = ()
 
@@ -105,7 +81,7 @@ class DraftModel(nn.Module):
     # are the full head and the identity; with one (beagle.vocab) the head is restricted to the kept rows,
     # gathered once (set_vocab / bind_target), so each call is one matmul and one index: no host syncs.
     @property
-    def vocab(self) -> "DraftVocab | None":
+    def vocab(self) -> DraftVocab | None:
         """The draft vocabulary (:class:`beagle.vocab.DraftVocab`), or None: the target's full vocabulary."""
         return self._vocab
 
@@ -118,8 +94,6 @@ class DraftModel(nn.Module):
         """Attach a draft vocabulary (a :class:`~beagle.vocab.DraftVocab` or a path to a vocabulary file), or
         None for the full one. Checks its ids against the target's vocabulary (BeagleError) and records its
         size and coverage in the config (so checkpoints carry it). Bound drafts gather the rows now."""
-        from beagle.vocab.core import load_vocab
-
         if vocab is not None:
             vocab = load_vocab(vocab, self.config.vocab_size, self.config.target.get("name"))
             if vocab.target is None or vocab.target_vocab_size is None:  # a hand-made one: record whose it is
@@ -196,6 +170,11 @@ class DraftModel(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters of the draft itself (shared embedding / LM head excluded)."""
         return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def parameter_count(cls, config: DraftConfig) -> int:
+        """Closed-form count of the trainable parameters of a draft of this class shaped by ``config``."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------- inference
     def new_cache(self, capacity: int = 256) -> DraftCache:

@@ -17,16 +17,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from beagle.assets import shipped
 from beagle.errors import BeagleError
 from beagle.files import give_default_mode
-from beagle.models.base import DraftModel, draft_class
+from beagle.kernels import cpu_linear
 from beagle.models.config import DraftConfig
+from beagle.models.registry import draft_class
 from beagle.vocab.core import VOCAB_FILE_NAME, DraftVocab
+
+if TYPE_CHECKING:  # DraftModel imports this module (save_pretrained / from_pretrained)
+    from beagle.models.base import DraftModel
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +111,8 @@ def inference_draft_dtype(target) -> torch.dtype:
     oneDNN runs bf16 natively (AVX512-BF16 / AMX) with the oneDNN linear kernel (half the bytes per draft
     step; measured in docs/results/cpu-paths.md), else the target's dtype. Output stays the target's either
     way: the draft only proposes; the float32 target verifies."""
-    from beagle.kernels.cpu_linear import current_kernel, onednn_bf16_supported
-
-    if (target.device.type == "cpu" and target.dtype == torch.float32 and current_kernel() == "onednn"
-            and onednn_bf16_supported()):
+    if (target.device.type == "cpu" and target.dtype == torch.float32 and cpu_linear.current_kernel() == "onednn"
+            and cpu_linear.onednn_bf16_supported()):
         return torch.bfloat16
     return target.dtype
 
@@ -120,9 +124,7 @@ def load_draft(directory, target=None, device=None, dtype=None) -> DraftModel:
     (``smollm2-beagle``, ``smollm2-eagle2``). device/dtype default to the target's (or CPU / float32
     without a target); ``dtype="auto"`` takes :func:`inference_draft_dtype` (needs ``target``).
     """
-    from beagle.assets.shipped import resolve_draft_path
-
-    directory = resolve_draft_path(directory)
+    directory = shipped.resolve_draft_path(directory)
     if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise BeagleError(
             f"{directory} is not a draft checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
@@ -174,10 +176,8 @@ def _draft_dtype(name: str, target) -> torch.dtype | None:
 
 def _is_shipped(directory: Path) -> bool:
     """A draft shipped in the repository (drafts/): trained before weight fingerprints were recorded."""
-    from beagle.assets.shipped import DRAFTS_DIR
-
     try:
-        return Path(directory).resolve().is_relative_to(DRAFTS_DIR.resolve())
+        return Path(directory).resolve().is_relative_to(shipped.DRAFTS_DIR.resolve())
     except OSError:
         return False
 

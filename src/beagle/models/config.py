@@ -8,17 +8,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from beagle.errors import BeagleError, IncompatibleDraftError
+from beagle.models.registry import architecture
 
 logger = logging.getLogger(__name__)
-
-ARCHITECTURES = ("beagle", "eagle2")
 
 
 @dataclass
 class DraftConfig:
     """Shapes of a one-layer draft. Built from a target config with :meth:`from_target`.
 
-    arch: "beagle" (cross-attention, the paper's model) or "eagle2" (fc + self-attention baseline).
+    arch: the name of a registered architecture (:mod:`beagle.models.registry`).
     target: fingerprint of the target (name, model_type, vocab_size, hidden_size, num_hidden_layers, and
     ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target_model.fingerprint`).
     draft_vocab_size / draft_vocab_coverage: N and the coverage of the draft vocabulary stored next to the
@@ -42,8 +41,7 @@ class DraftConfig:
     draft_vocab_coverage: float | None = None
 
     def __post_init__(self):
-        if self.arch not in ARCHITECTURES:
-            raise BeagleError(f"unknown draft architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        architecture(self.arch)  # BeagleError for an unknown one
         if self.num_attention_heads % self.num_key_value_heads:
             raise BeagleError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "

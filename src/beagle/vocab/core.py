@@ -13,7 +13,7 @@ Draft index i (a row of the restricted head, a column of the draft's proposal lo
 target (integers, 1-D, non-empty, no negatives, no duplicates, all < V) and sorted.
 
 *Coverage* is measured over assistant tokens: token t (t ≥ 1) of a sequence whose loss mask is set, i.e. exactly
-the tokens the draft is trained to predict (:attr:`beagle.training.objectives.TrainBatch.position_mask`).
+the tokens the draft is trained to predict (:attr:`beagle.models.objective.TrainBatch.position_mask`).
 """
 
 from __future__ import annotations

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from beagle.models.base import DraftModel, register
+from beagle.models.base import DraftModel
+from beagle.models.beagle import ARCHITECTURE
 from beagle.models.config import DraftConfig
 from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from beagle.models.params import layer_parameter_count
 
 
-@register("beagle")
 class BeagleDraft(DraftModel):
+    arch = ARCHITECTURE.name
     fsdp_methods = ("project_states", "decode")
 
     def __init__(self, config: DraftConfig):
@@ -32,6 +34,11 @@ class BeagleDraft(DraftModel):
         self.mlp_norm = RMSNorm(size, eps)
         self.mlp = SwiGLU(config)
         self.rotary = RotaryEmbedding(config)
+
+    @classmethod
+    def parameter_count(cls, config: DraftConfig) -> int:
+        """Attention (q, k, v, o) + SwiGLU + 3 norms (query, state and MLP)."""
+        return layer_parameter_count(config) + 3 * config.hidden_size
 
     # ------------------------------------------------------------- Eq. 1–2
     def project_states(self, states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ Per selected position n (rows of [N, ...] tensors)::
     vloss_n = mean_d SmoothL1(h_n, H_n)        # feature regression to the target's top state
     loss_n  = ce_weight * ce_n + vloss_weight * vloss_n
 
-Beagle uses ce 1 : vloss 10 (paper §2.2), EAGLE-2 ce 0.1 : vloss 1.0 (EAGLE ``main.py``): the same ratio.
+The weights are the architecture's (its registration's ``loss_defaults``, :mod:`beagle.models.registry`).
 
 With a draft vocabulary S (N kept ids, :mod:`beagle.vocab`) the draft's q_n is a softmax over S only, and
 the soft label is the target's distribution restricted to S and renormalised (as EAGLE-3)::

@@ -13,13 +13,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from beagle.models.base import DraftModel, register
+from beagle.models.base import DraftModel
+from beagle.models.eagle2 import ARCHITECTURE
 from beagle.models.config import DraftConfig
 from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from beagle.models.params import layer_parameter_count
 
 
-@register("eagle2")
 class Eagle2Draft(DraftModel):
+    arch = ARCHITECTURE.name
     fsdp_methods = ("fuse", "layer")
 
     def __init__(self, config: DraftConfig):
@@ -30,6 +32,12 @@ class Eagle2Draft(DraftModel):
         self.mlp_norm = RMSNorm(size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
         self.rotary = RotaryEmbedding(config)
+
+    @classmethod
+    def parameter_count(cls, config: DraftConfig) -> int:
+        """Attention (q, k, v, o) + SwiGLU + fc(2d→d) weight and bias + the MLP norm."""
+        d = config.hidden_size
+        return layer_parameter_count(config) + 2 * d * d + d + d
 
     def fuse(self, token_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """token_ids: [B, T]; features: [B, T, d] (the previous position's) -> fused inputs [B, T, d]."""
