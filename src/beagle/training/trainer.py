@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from beagle.errors import BeagleError
-from beagle.files import remove_stale
+from beagle.files import TEMPORARY_SUFFIX, atomic_file, destination_path, remove_stale
 from beagle.ranks import Distributed, setup_distributed
 from beagle.training.distributed import (
     check_fsdp_mode,
@@ -64,7 +64,8 @@ STATE_VERSION = 2  # 2: optimizer state keyed by parameter name (any --fsdp mode
 LOGS_NAME = "logs"
 # Left in --out by a run killed mid-save: the draft's staging folder (and save_draft's temporaries and
 # backup of it), the trainer state's temporary file. Removed when the next run starts.
-STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp")
+STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp",
+                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}")
 # TrainConfig fields a resumed run may change: how long it runs, how it is laid out on the hardware, what
 # it logs, and the paths (the data and the target are compared by content instead).
 RESUME_MAY_CHANGE = frozenset({
@@ -234,9 +235,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:
@@ -407,7 +407,7 @@ class Trainer:
         self.mesh = device_mesh(self.dist, self.device) if config.fsdp != "none" else None
         if config.batch_size % self.dist.world_size:
             raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
-        self.out = Path(config.out)
+        self.out = destination_path(config.out)
         if self.dist.is_main:  # before the (slow) loading: a folder holding another run is refused at once
             prepare_output_folder(self.out, config.resume, config.overwrite)
         self.rank_batch = config.batch_size // self.dist.world_size
