@@ -36,7 +36,7 @@ import json
 import logging
 from pathlib import Path
 
-from beagle.files import atomic_file
+from beagle.files import atomic_file, destination_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ ACCEPT_LENGTH_PNG = "accept_length_histogram.png"
 
 def write_results(results: dict, out_dir, plots: bool = True) -> dict[str, Path]:
     """Write results.json, results.md and (with ``plots``) the PNGs; returns {kind: path}."""
-    out_dir = Path(out_dir)
+    out_dir = destination_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"json": out_dir / RESULTS_JSON, "markdown": out_dir / RESULTS_MD}
     if plots:

@@ -167,7 +167,8 @@ def _draft_dtype(name: str, target) -> torch.dtype | None:
 
 
 def _is_shipped(directory: Path) -> bool:
-    """A draft shipped in the repository (drafts/): trained before weight fingerprints were recorded."""
+    """A draft shipped in the repository (drafts/). They record the target-weights fingerprint (a mismatch is
+    refused like any other); only a missing fingerprint would be logged at INFO for them."""
     from beagle.assets.shipped import DRAFTS_DIR
 
     try:
