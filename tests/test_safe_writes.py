@@ -135,17 +135,29 @@ def test_vocab_draft_refuses_a_symlinked_out(tmp_path, folders, capsys):
 
 
 def test_every_writer_refuses_a_symlinked_destination(tmp_path):
-    elsewhere = tmp_path / "elsewhere.txt"
-    elsewhere.write_text("mine")
-    link = tmp_path / "link"
-    link.symlink_to(elsewhere)
-    for write in (lambda: DraftVocab(torch.arange(4)).save(link),
-                  lambda: atomic_file(link).__enter__(),
-                  lambda: atomic_folder(link).__enter__()):
-        with pytest.raises(BeagleError, match="symbolic link"):
-            write()
-    assert elsewhere.read_text() == "mine" and os.readlink(link) == str(elsewhere)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["elsewhere.txt", "link"]
+    from beagle.data.conversations import ChatDataset
+    from beagle.training.trainer import TrainConfig, train
+
+    data = write_jsonl(tmp_path / "chats.jsonl", conversations(4, seed=2, turns=1))
+    target = tiny_chat_target(seed=0)
+    for kind in ("file", "folder"):
+        elsewhere = tmp_path / f"elsewhere-{kind}"
+        elsewhere.mkdir() if kind == "folder" else elsewhere.write_text("mine")
+        link = tmp_path / f"link-{kind}"
+        link.symlink_to(elsewhere)
+        before = snapshot(tmp_path)
+        for write in (lambda: DraftVocab(torch.arange(4)).save(link),
+                      lambda: atomic_file(link).__enter__(),
+                      lambda: atomic_folder(link).__enter__(),
+                      lambda: save_draft(build_draft(target, "beagle"), link),
+                      lambda: generate_features(target, ChatDataset.from_file(data, target.tokenizer, 64), link,
+                                                progress=False),
+                      lambda: train(TrainConfig(data=data, out=str(link), epochs_stage1=1, epochs_stage2=1,
+                                                batch_size=2, max_steps=1, progress=False, tensorboard=False),
+                                    target=target)):
+            with pytest.raises(BeagleError, match="symbolic link"):
+                write()
+        assert snapshot(tmp_path) == before, kind
 
 
 # ------------------------------------------------------------------ 4. the umask
