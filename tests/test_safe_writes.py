@@ -252,3 +252,34 @@ def test_dot_dot_in_out_creates_no_folder_on_the_way(tmp_path, monkeypatch):
     assert [path.name for path in (tmp_path / "b").iterdir()] == ["v.safetensors"]
     save_draft(build_draft(target, "beagle"), "c/z/../d")
     assert [path.name for path in (tmp_path / "c").iterdir()] == ["d"]
+
+
+# ------------------------------------------------------------------ the helper itself
+def test_a_failed_write_keeps_the_previous_version_and_leaves_nothing(tmp_path):
+    (tmp_path / "f.txt").write_text("old")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("old")
+    for helper, name in ((atomic_file, "f.txt"), (atomic_folder, "d")):
+        with pytest.raises(RuntimeError, match="interrupted"):
+            with helper(tmp_path / name) as temporary:
+                (temporary / "a" if temporary.is_dir() else temporary).write_text("new")
+                raise RuntimeError("interrupted")
+    assert snapshot(tmp_path) == {"d": "dir", "d/a": b"old", "f.txt": b"old"}
+
+
+def test_only_the_helpers_own_names_are_cleaned(tmp_path):
+    destination = tmp_path / "out"
+    ours = [tmp_path / ".out.abcd1234.beagle-tmp", tmp_path / ".out.abcd1235.beagle-old"]
+    theirs = [tmp_path / "out.old", tmp_path / ".out.abcd1234.tmp", tmp_path / ".out.abc.beagle-tmp",
+              tmp_path / ".other.abcd1234.beagle-tmp", tmp_path / ".out.abcd1234.beagle-tmp.bak"]
+    for path in ours[:1] + theirs:
+        path.mkdir()
+    destination.mkdir()  # out exists: its backup is stale, not put back
+    ours[1].mkdir()
+    link = tmp_path / ".out.abcd1236.beagle-tmp"
+    link.symlink_to(theirs[0])
+    with atomic_folder(destination) as temporary:
+        (temporary / "new").write_text("new")
+    assert not any(path.exists() for path in ours)
+    assert all(path.is_dir() for path in theirs) and link.is_symlink()
+    assert [path.name for path in destination.iterdir()] == ["new"]
