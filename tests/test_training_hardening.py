@@ -105,25 +105,30 @@ def test_a_killed_training_run_leaves_nothing_behind(tmp_path, data, target):
 def test_a_killed_datagen_leaves_nothing_behind(tmp_path, data, target):
     out = tmp_path / "features"
     run_until_killed(KILLED_DATAGEN.format(data=data, out=str(out)))
-    assert (out / ".shard-00001.safetensors.tmp").is_file()  # a whole shard, never renamed
+    stale = list(out.glob(".shard-00001.safetensors.*.beagle-tmp"))
+    assert len(stale) == 1 and stale[0].is_file()  # a whole shard, never renamed
     dataset = ChatDataset.from_file(data, None, 2048)
     with pytest.raises(DataError, match="different run"):  # any later run in the folder removes it first
         generate_features(target, dataset, out, shard_size=3, progress=False)
-    assert not (out / ".shard-00001.safetensors.tmp").exists()
+    assert not stale[0].exists()
     generate_features(target, dataset, out, shard_size=2, progress=False)
     assert not [path.name for path in out.iterdir() if path.name.startswith(".")]
     assert len(FeatureDataset(out)) == 6
 
 
 def test_save_draft_removes_temporaries_of_killed_saves(tmp_path, target):
-    stale = tmp_path / ".mine.k3x_9qz1"  # the mkdtemp folder of a save killed mid-write
+    stale = tmp_path / ".mine.k3x_9qz1.beagle-tmp"  # the temporary folder of a save killed mid-write
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
+    legacy = tmp_path / ".mine.k3x_9qz2"  # the same, written by an earlier version
+    legacy.mkdir()
+    (legacy / "model.safetensors").write_bytes(b"partial")
     unrelated = tmp_path / ".mine.notes"
     unrelated.mkdir()
-    (tmp_path / "mine.old").mkdir()  # a save killed between its two renames
+    (tmp_path / "mine.old").mkdir()  # the user's: never touched
     save_draft(build_draft(target, "beagle"), tmp_path / "mine")
-    assert not stale.exists() and not (tmp_path / "mine.old").exists() and unrelated.exists()
+    assert not stale.exists() and not legacy.exists()
+    assert unrelated.exists() and (tmp_path / "mine.old").exists()
 
 
 # ------------------------------------------------------------------------ 6. file modes

@@ -26,8 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import numpy as np
 
 from beagle.assets.gguf import GGUFReader
 from beagle.errors import DataError
+from beagle.files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -251,9 +250,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[s
     meta = reader.metadata
     config = build_config(meta, has_output="output.weight" in reader.tensors)
     tokenizer = build_tokenizer(meta)  # fail on an unsupported tokenizer before the heavy work
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_folder(out_dir, "the converted model folder") as tmp:
         logger.info("converting %s (%d tensors) to %s", gguf_path, len(reader.tensors), out_dir)
         tensors = convert_weights(reader, config)
         n_params = sum(a.size for a in tensors.values())
@@ -267,28 +264,8 @@ def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[s
         _write_json(tmp / "tokenizer_config.json", build_tokenizer_config(meta, config["max_position_embeddings"]))
         _write_json(tmp / SOURCE_STAMP, {"gguf": gguf_path.name, "gguf_sha256": source_sha256,
                                          "converter_version": CONVERTER_VERSION, "parameters": int(n_params)})
-        _make_readable(tmp)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %s (%d parameters)", out_dir, n_params)
     return out_dir
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp makes a 0700 folder; give the result the usual permissions (umask applies)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for child in folder.iterdir():
-        os.chmod(child, 0o666 & ~umask)
 
 
 def read_source_stamp(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -32,12 +32,11 @@ Metrics (``summary[method]``), all over the timed prompt turns:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from beagle.files import atomic_file, destination_path
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ ACCEPT_LENGTH_PNG = "accept_length_histogram.png"
 
 def write_results(results: dict, out_dir, plots: bool = True) -> dict[str, Path]:
     """Write results.json, results.md and (with ``plots``) the PNGs; returns {kind: path}."""
-    out_dir = Path(out_dir)
+    out_dir = destination_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"json": out_dir / RESULTS_JSON, "markdown": out_dir / RESULTS_MD}
     if plots:
@@ -74,15 +73,8 @@ def write_results(results: dict, out_dir, plots: bool = True) -> dict[str, Path]
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------ formatting

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from beagle.cli.common import add_target_args
 
@@ -76,5 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary(), file=sys.stderr)
         print(f"regenerated conversations written to {args.out}")
         if args.report:
-            Path(args.report).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+            from beagle.files import atomic_file
+
+            with atomic_file(args.report, "--report") as temporary:
+                temporary.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return 0

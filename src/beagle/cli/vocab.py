@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise BeagleError(f"--max-length must be at least 2, got {args.max_length}")
     if args.draft is not None:
         _check_draft(args.draft)
+    from beagle.files import destination_path
+
+    destination_path(args.out)  # a symbolic link is refused before the (slow) loading
 
     from beagle.target_model.model import default_device, load_target
 

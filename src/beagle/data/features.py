@@ -13,8 +13,8 @@ Shard layout (``shard-00000.safetensors``, ``shard_size`` sequences each, ragged
     states    [tokens, d]       bf16 by default
 
 ``manifest.json`` records the target fingerprint (shapes, and ``target_weights``: a fingerprint of the
-embedding / LM head), sizes and dtype. Shards are written atomically (``.shard-*.safetensors.tmp`` +
-rename, with the mode of a newly created file) and completed shards are skipped, so an interrupted
+embedding / LM head), sizes and dtype. Shards are written atomically (:func:`beagle.files.atomic_file`: a
+temporary + rename, with the mode of a newly created file) and completed shards are skipped, so an interrupted
 datagen resumes; temporaries a killed run left behind are removed when the next one starts.
 """
 
@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from beagle.errors import DataError
-from beagle.files import give_default_mode, remove_stale
+from beagle.files import TEMPORARY_SUFFIX, atomic_file, destination_path, remove_stale
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ MANIFEST = "manifest.json"
 FORMAT = "beagle-features"
 VERSION = 1
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-STALE_TEMPORARIES = (".shard-*.safetensors.tmp", f".{MANIFEST}.tmp")  # left by a killed datagen
+# Left by a killed datagen: atomic_file's temporaries, and those of earlier versions (``.NAME.tmp``).
+STALE_TEMPORARIES = (f".shard-*.safetensors.*{TEMPORARY_SUFFIX}", f".{MANIFEST}.*{TEMPORARY_SUFFIX}",
+                     ".shard-*.safetensors.tmp", f".{MANIFEST}.tmp")
 
 
 @torch.no_grad()
@@ -90,7 +92,9 @@ def generate_features(
     Existing complete shards are kept (resume). ``batch_tokens`` bounds B × T of one target pass.
     Returns the output folder.
     """
-    out_dir = Path(out_dir)
+    out_dir = destination_path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; pass a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir, STALE_TEMPORARIES)
     lengths = dataset.lengths
@@ -150,10 +154,8 @@ def _write_shard(target, dataset, indices: list[int], path: Path, batch_tokens: 
         "loss_mask": torch.cat([item["loss_mask"] for item in items]).to(torch.uint8),
         "states": torch.cat(states).contiguous(),
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata={"format": FORMAT, "records": str(len(items))})
-    give_default_mode(temporary)  # safetensors writes 0600
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": FORMAT, "records": str(len(items))})
 
 
 def _shard_ok(path: Path, records: int) -> bool:
@@ -178,9 +180,8 @@ def _write_or_check_manifest(out_dir: Path, manifest: dict) -> None:
                 "use a new --out folder or delete this one"
             )
         return
-    temporary = path.with_name(f".{MANIFEST}.tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _read_manifest(path: Path) -> dict:

@@ -29,6 +29,7 @@ exists only complete. Under ``torchrun`` rank r of w takes the records whose ind
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import heapq
@@ -37,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +48,7 @@ import torch
 
 from beagle.data.conversations import DataReport, load_conversations, resolve_data_path
 from beagle.errors import BeagleError, DataError
+from beagle.files import atomic_file, destination_path, remove_stale
 from beagle.ranks import Distributed
 
 logger = logging.getLogger(__name__)
@@ -346,10 +347,14 @@ def regenerate_file(
     if settings.limit is not None:
         records = records[: settings.limit]
     report.conversations = len(records)
-    parts = out.with_name(out.name + ".partial")
+    out = destination_path(out)
+    parts = destination_path(out.with_name(out.name + ".partial"), "the resume folder")
+    if parts.exists() and not parts.is_dir():
+        raise BeagleError(f"{parts} (where an interrupted run of this command is kept) is a file; move it away")
     group = _barrier_group(dist)
     if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out.parent, (f".{glob.escape(out.name)}.{'[a-z0-9_]' * 8}.tmp",))  # earlier versions' temporaries
         parts.mkdir(exist_ok=True)
         _write_or_check_manifest(parts, _manifest(target, path, settings, len(records)))
         for part in parts.glob("rank-*.jsonl"):
@@ -475,9 +480,8 @@ def _write_or_check_manifest(parts: Path, manifest: dict) -> None:
             raise DataError(f"{parts} holds a regeneration of other inputs (differs in {', '.join(different)}); "
                             "rerun the command that made it, or delete the folder")
         return
-    temporary = path.with_name(f".{MANIFEST}.tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _read_parts(parts: Path) -> dict[int, dict]:
@@ -506,18 +510,11 @@ def _drop_cut_line(path: Path) -> None:
 
 def _write_output(out: Path, lines: Iterator[dict]) -> None:
     """JSONL (gzip when ``out`` ends in .gz) through a temporary file renamed into place."""
-    from beagle.assets.pypi import publish
-
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
+    with atomic_file(out) as temporary:
         opener = gzip.open if out.suffix == ".gz" else open
-        with opener(name, "wt", encoding="utf-8") as sink:
+        with opener(temporary, "wt", encoding="utf-8") as sink:
             for line in lines:
                 sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-        publish(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- ranks

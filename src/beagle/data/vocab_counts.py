@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from beagle.errors import BeagleError, DataError
+from beagle.files import atomic_folder, destination_path
 from beagle.vocab.core import VOCAB_FILE_NAME, DraftVocab, build_vocab
 
 logger = logging.getLogger(__name__)
@@ -111,30 +111,26 @@ def write_draft_with_vocab(draft_dir, vocab: DraftVocab, out_dir) -> Path:
     vocabulary (``draft_vocab.safetensors``, ``draft_vocab_size`` / ``draft_vocab_coverage`` in its config).
     The training-free route (FR-Spec): any trained draft can propose from a subset. Written atomically."""
     from beagle.assets.shipped import resolve_draft_path
-    from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, replace_directory
+    from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_replaceable, remove_legacy_temporaries
     from beagle.models.config import DraftConfig
 
     source = resolve_draft_path(draft_dir)
     if not (source / CONFIG_NAME).is_file() or not (source / WEIGHTS_NAME).is_file():
         raise BeagleError(f"{source} is not a draft checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    out = Path(out_dir)
+    out = destination_path(out_dir)
     if out.resolve() == source.resolve():
         raise BeagleError(f"--out {out} is the draft folder itself; write the draft with the vocabulary to a new folder")
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file()):
-        raise BeagleError(f"--out {out} exists and is not a draft folder; choose a new folder")
+    if out.is_file():
+        raise BeagleError(f"--out {out} is a file; choose a new folder")
+    check_replaceable(out, "--out")
     config = DraftConfig.load(source / CONFIG_NAME)
     vocab.check(config.vocab_size, config.target.get("name"))
     config.draft_vocab_size, config.draft_vocab_coverage = vocab.size, vocab.coverage
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    remove_legacy_temporaries(out)
+    with atomic_folder(out) as temporary:
         shutil.copyfile(source / WEIGHTS_NAME, temporary / WEIGHTS_NAME)
         vocab.save(temporary / VOCAB_FILE_NAME)
         config.save(temporary / CONFIG_NAME)
-        replace_directory(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     logger.info("wrote %s = %s + a %d-token draft vocabulary", out, source, vocab.size)
     return out
 

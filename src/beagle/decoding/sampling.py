@@ -18,7 +18,9 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 @dataclass
 class GenerationSettings:
     """max_new_tokens ≥ 1; temperature 0 = greedy (as is any temperature below MIN_SAMPLING_TEMPERATURE);
-    top_p in (0, 1]; top_k 0 = off; seed: a 64-bit integer or None; stop: stop strings."""
+    top_p in (0, 1] (the most probable token is always kept, so a tiny top_p decodes greedily); top_k
+    0 = off (as is any top_k ≥ the vocabulary); seed: a 64-bit integer or None; stop: stop strings.
+    :meth:`validate` is the one check of these values, for the CLI and the server alike."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -49,10 +51,11 @@ class GenerationSettings:
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
                 or self.temperature < 0:
             raise BeagleError(f"temperature must be a finite number ≥ 0 (0 = greedy), got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise BeagleError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise BeagleError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise BeagleError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise BeagleError(f"top_k must be an integer ≥ 0 (0 = off; a top_k beyond the vocabulary is off too), "
+                              f"got {self.top_k!r}")
         low, high = SEED_RANGE
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not low <= self.seed <= high):
@@ -73,11 +76,19 @@ def target_probabilities(logits: torch.Tensor, settings: GenerationSettings) -> 
         sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
         sorted_probs = sorted_scores.softmax(dim=-1)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        remove_sorted = mass_before >= settings.top_p  # keep the smallest prefix reaching top_p
-        remove_sorted[..., 0] = False  # ... and always the most likely token (top_p -> 0 is greedy)
+        remove_sorted = keep_most_probable(mass_before >= settings.top_p)  # the smallest prefix reaching top_p
         remove = remove_sorted.scatter(-1, order, remove_sorted)
         scores = scores.masked_fill(remove, float("-inf"))
     return scores.softmax(dim=-1)
+
+
+def keep_most_probable(remove_sorted: torch.Tensor) -> torch.Tensor:
+    """Never remove a row's most probable token (column 0 of a descending sort): [N, V] bool -> [N, V].
+
+    top_p → 0 keeps exactly that token (greedy, the limit), and a top_p too small for float32 (below
+    ~1e-45 it rounds to 0, so ``mass_before >= top_p`` holds everywhere) cannot leave a row with nothing
+    to sample (softmax of all -inf = NaN). HF's ``min_tokens_to_keep=1``."""
+    return torch.cat([torch.zeros_like(remove_sorted[..., :1]), remove_sorted[..., 1:]], dim=-1)
 
 
 def choose_tokens(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -132,8 +143,7 @@ def sample_on_device(logits: torch.Tensor, sampling: SamplingTensors, uniforms: 
     sorted_scores = sorted_scores.masked_fill(sorted_scores < kth, float("-inf"))
     sorted_probs = sorted_scores.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    remove = mass_before >= sampling.top_p
-    remove[..., 0] = False
+    remove = keep_most_probable(mass_before >= sampling.top_p)
     kept = sorted_scores.masked_fill(remove, float("-inf")).softmax(dim=-1)
     cdf = kept.cumsum(dim=-1)
     threshold = (uniforms * cdf[:, -1])[:, None]

@@ -2,20 +2,19 @@
 plus ``draft_vocab.safetensors`` when the draft has a draft vocabulary (:mod:`beagle.vocab`; the config's
 ``draft_vocab_size`` says so, and a draft without one keeps using the target's full vocabulary).
 
-Writes are atomic: files go to a temporary sibling folder (``.<name>.XXXXXXXX``) that replaces the
-destination with ``os.replace`` only once complete, so a crash mid-save leaves the previous checkpoint
+Writes are atomic (:func:`beagle.files.atomic_folder`): files go to a private temporary folder beside the
+destination that replaces it only once complete, so a crash mid-save leaves the previous checkpoint
 intact; temporaries a killed save left behind are removed by the next save. The folder and files get
-the modes of newly created ones (umask), not the 0700 / 0600 of temporary files. The shared target
+the modes of newly created ones (umask). A folder holding anything but checkpoint files is never
+replaced, and a symbolic link is refused. The shared target
 embedding / LM head are never stored; ``config.json`` records a fingerprint of them, checked on load.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from beagle.assets import shipped
 from beagle.errors import BeagleError
-from beagle.files import give_default_mode
+from beagle.files import atomic_folder, destination_path
 from beagle.kernels import cpu_linear
 from beagle.models.config import DraftConfig
 from beagle.models.registry import draft_class
@@ -40,34 +39,35 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def replace_directory(temporary: Path, destination: Path) -> None:
-    """Atomically move a finished folder into place (keeping the old one as ``<name>.old`` until the swap)."""
-    destination = Path(destination)
-    backup = destination.with_name(destination.name + ".old")
-    if destination.exists():
-        if backup.exists():
-            shutil.rmtree(backup)
-        os.replace(destination, backup)
-        os.replace(temporary, destination)
-        shutil.rmtree(backup)
-    else:
-        os.replace(temporary, destination)
-        if backup.exists():  # a save killed between its two renames
-            shutil.rmtree(backup, ignore_errors=True)
+CHECKPOINT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, VOCAB_FILE_NAME})
 
 
-def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the ``.<name>.XXXXXXXX`` temporary folders that killed saves of ``directory`` left beside it
-    (only folders holding nothing but checkpoint files). Returns what was removed."""
+def check_replaceable(directory: Path, what: str = "the folder") -> None:
+    """Refuse (BeagleError) to replace a folder that holds anything but draft checkpoint files: saving
+    replaces the whole folder, and Beagle never deletes files it did not write."""
     directory = Path(directory)
-    pattern = re.compile(r"\." + re.escape(directory.name) + r"\.[a-z0-9_]{8}")
+    if not directory.is_dir() or directory.is_symlink():
+        return
+    others = sorted(path.name for path in directory.iterdir() if path.name not in CHECKPOINT_FILES)
+    if others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise BeagleError(f"{what} {directory} holds files that are not a draft checkpoint ({shown}); saving replaces "
+                          "the whole folder, so choose a new folder (or an earlier draft's)")
+
+
+def remove_legacy_temporaries(directory: Path) -> list[Path]:
+    """Delete the ``.<name>.XXXXXXXX`` folders that killed saves of earlier Beagle versions left beside
+    ``directory`` (only folders holding nothing but checkpoint files; today's temporaries are
+    :func:`beagle.files.remove_stale_temporaries`'). Returns what was removed."""
+    directory = Path(directory)
+    pattern = re.compile(re.escape(f".{directory.name}.") + r"[a-z0-9_]{8}")
     removed = []
     if not directory.parent.is_dir():
         return removed
     for path in directory.parent.iterdir():
         if not (pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink()):
             continue
-        if {child.name for child in path.iterdir()} <= {CONFIG_NAME, WEIGHTS_NAME}:
+        if {child.name for child in path.iterdir()} <= CHECKPOINT_FILES:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
@@ -77,17 +77,17 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 
 def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: torch.dtype | None = None,
                state_dict: dict | None = None) -> Path:
-    """Save ``draft`` to ``directory`` (created or atomically replaced). ``extra`` is merged into
+    """Save ``draft`` to ``directory`` (created, or atomically replaced when it holds a draft checkpoint;
+    BeagleError when it holds other files or is a symbolic link). ``extra`` is merged into
     ``config.training`` (e.g. evaluation results). ``dtype`` optionally casts the stored weights.
     ``state_dict``: the weights to store instead of ``draft.state_dict()`` (e.g. gathered from FSDP shards)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory = destination_path(directory, "the draft folder")
+    check_replaceable(directory, "the draft folder")
     config = draft.config
     if extra:
         config.training = {**config.training, **extra}
-    remove_stale_temporaries(directory)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    remove_legacy_temporaries(directory)
+    with atomic_folder(directory, "the draft folder") as temporary:
         tensors = {
             name: (tensor.to(dtype) if dtype is not None else tensor).detach().contiguous().cpu()
             for name, tensor in (state_dict if state_dict is not None else draft.state_dict()).items()
@@ -96,12 +96,6 @@ def save_draft(draft: DraftModel, directory, extra: dict | None = None, dtype: t
         if draft.vocab is not None:
             draft.vocab.save(temporary / VOCAB_FILE_NAME)
         config.save(temporary / CONFIG_NAME)
-        for path in (temporary / WEIGHTS_NAME, temporary / CONFIG_NAME, temporary):
-            give_default_mode(path)  # safetensors writes 0600, mkdtemp makes 0700
-        replace_directory(temporary, directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     logger.info("saved %s draft to %s", config.arch, directory)
     return directory
 
@@ -175,7 +169,8 @@ def _draft_dtype(name: str, target) -> torch.dtype | None:
 
 
 def _is_shipped(directory: Path) -> bool:
-    """A draft shipped in the repository (drafts/): trained before weight fingerprints were recorded."""
+    """A draft shipped in the repository (drafts/). They record the target-weights fingerprint (a mismatch is
+    refused like any other); only a missing fingerprint would be logged at INFO for them."""
     try:
         return Path(directory).resolve().is_relative_to(shipped.DRAFTS_DIR.resolve())
     except OSError:

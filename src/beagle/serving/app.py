@@ -6,6 +6,7 @@ Endpoints::
     POST /v1/completions        prompt (string / token ids) -> continuation, streaming or not
     GET  /v1/models             the one served model
     GET  /health                liveness + queue state
+    GET  /openapi.json          the OpenAPI 3.1 document of these endpoints (beagle.serving.openapi)
 
 Streaming uses server-sent events (``data: {...}\\n\\n`` ... ``data: [DONE]``). Responses carry
 ``usage`` (in streams: a last chunk when ``stream_options.include_usage``) and Beagle's decoding
@@ -46,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from beagle.errors import BeagleError, PromptTooLongError
 from beagle.serving.guard import HostPolicy, RequestGuard
+from beagle.serving.openapi import openapi_document
 from beagle.serving.queue import GenerationJob, GenerationWorker, QueueFull, WorkerClosed
 from beagle.serving.schemas import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_body
 
@@ -98,6 +100,12 @@ def create_app(generator, model_name: str, max_tokens_limit: int, api_key: str |
     @app.get("/health")
     async def health():
         return server.health()
+
+    document = openapi_document()
+
+    @app.get("/openapi.json")
+    async def openapi():
+        return document
 
     @app.get("/v1/models")
     async def list_models():

@@ -3,8 +3,9 @@ unknown paths and methods, and never buffers a streamed reply).
 
 In this order:
 
-1. **Host** (400 ``host_not_allowed``): the ``Host`` header must name the address the server is bound
-   to. Bound to loopback: ``localhost``, ``127.0.0.1`` and ``[::1]`` (any port); bound to all
+1. **Host** (400 ``host_not_allowed``): exactly one ``Host`` header, of the strict form ``name[:port]``
+   (a DNS name, an IPv4 address or a bracketed IPv6 address; a decimal port), naming the address the
+   server is bound to: ``127.0.0.1:8000, evil.com`` or a second Host header is refused. Bound to loopback: ``localhost``, ``127.0.0.1`` and ``[::1]`` (any port); bound to all
    interfaces (``0.0.0.0`` / ``::``): any IP literal, ``localhost`` and this machine's host name;
    otherwise the bound address; plus every ``--allowed-host`` (``*`` turns the check off). A page
    in a browser that rebinds its own domain name to 127.0.0.1 sends that name, so it cannot read
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import secrets
 import socket
 from dataclasses import dataclass
@@ -43,6 +45,26 @@ def host_name(value: str) -> str:
     elif value.count(":") == 1:
         value = value.rsplit(":", 1)[0]
     return value.rstrip(".")
+
+
+_HOST_FORM = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?\.?))"
+                        r"(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_host(value: str) -> str | None:
+    """The host of a ``Host`` header in its strict form ``name[:port]`` (lowercase, no trailing dot), or
+    None when the header is anything else (a list, spaces, user info, a path, a bad port or IPv6)."""
+    match = _HOST_FORM.fullmatch(value.lower())
+    if match is None or (match.group("port") is not None and not 0 < int(match.group("port")) < 65536):
+        return None
+    if match.group("ipv6") is not None:
+        try:
+            if ipaddress.ip_address(match.group("ipv6")).version != 6:
+                return None
+        except ValueError:
+            return None
+        return match.group("ipv6")
+    return match.group("name").rstrip(".")
 
 
 def _is_ip(name: str) -> bool:
@@ -73,8 +95,8 @@ class HostPolicy:
     def allows(self, header: str | None) -> bool:
         if header is None:  # HTTP/1.0 without Host: not something a browser sends
             return True
-        name = host_name(header)
-        return name in self.names or (self.any_ip and _is_ip(name))
+        name = parse_host(header)
+        return name is not None and (name in self.names or (self.any_ip and _is_ip(name)))
 
     @classmethod
     def for_bind(cls, bind_host: str, allowed: tuple[str, ...] | list[str] = ()) -> "HostPolicy | None":
@@ -109,9 +131,14 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = {}
+        hosts = 0
         for name, value in scope.get("headers", ()):
-            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            key = name.decode("latin-1").lower()
+            hosts += key == "host"
+            headers.setdefault(key, value.decode("latin-1"))
         try:
+            if hosts > 1 and self.hosts is not None:
+                raise ApiError(400, "the request has more than one Host header", code="host_not_allowed")
             self._check(scope, headers)
         except ApiError as error:
             await _reply(error, scope, receive, send)
@@ -121,7 +148,9 @@ class RequestGuard:
     def _check(self, scope, headers: dict[str, str]) -> None:
         host = headers.get("host")
         if self.hosts is not None and not self.hosts.allows(host):
-            name = host_name(host or "")
+            name = parse_host(host or "")
+            if name is None:
+                raise ApiError(400, f"the Host header {host!r} is not of the form name[:port]", code="host_not_allowed")
             raise ApiError(400, f"the Host header {host!r} is not one this server answers to; start it with "
                                 f"--allowed-host {name} to accept it", code="host_not_allowed")
         if self.expected_key is not None:

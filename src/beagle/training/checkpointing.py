@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from beagle.errors import BeagleError
-from beagle.files import remove_stale
+from beagle.files import TEMPORARY_SUFFIX, atomic_file, remove_stale
 from beagle.target_model.fingerprint import same_weights
 from beagle.training.config import TrainConfig
 from beagle.training.distributed import load_full_state
@@ -39,7 +39,8 @@ STATE_VERSION = 2  # 2: optimizer state keyed by parameter name (any --fsdp mode
 LOGS_NAME = "logs"
 # Left in --out by a run killed mid-save: the draft's staging folder (and save_draft's temporaries and
 # backup of it), the trainer state's temporary file. Removed when the next run starts.
-STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp")
+STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp",
+                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}")
 # TrainConfig fields a resumed run may change: how long it runs, how it is laid out on the hardware, what
 # it logs, and the paths (the data and the target are compared by content instead).
 RESUME_MAY_CHANGE = frozenset({
@@ -77,9 +78,8 @@ def set_rng_state(state: dict) -> None:
 
 # _atomic_torch_save, _save_draft_into and prepare_output_folder moved here whole from trainer.py.
 def _atomic_torch_save(obj, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    with atomic_file(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def _save_draft_into(draft, state_dict: dict, out: Path, extra: dict) -> None:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from beagle.data.conversations import ShuffledBatches
 from beagle.data.vocab_counts import vocab_from_dataset
 from beagle.errors import BeagleError
+from beagle.files import destination_path
 from beagle.kernels.attention_backend import configure_attention
 from beagle.models.checkpoint import build_draft, load_draft
 from beagle.ranks import setup_distributed
@@ -93,7 +94,7 @@ class Trainer:
         self.mesh = device_mesh(self.dist, self.device) if config.fsdp != "none" else None
         if config.batch_size % self.dist.world_size:
             raise BeagleError(f"--batch-size {config.batch_size} is not divisible by the {self.dist.world_size} ranks")
-        self.out = Path(config.out)
+        self.out = destination_path(config.out)
         if self.dist.is_main:  # before the (slow) loading: a folder holding another run is refused at once
             prepare_output_folder(self.out, config.resume, config.overwrite)
         self.rank_batch = config.batch_size // self.dist.world_size

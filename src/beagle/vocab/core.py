@@ -19,7 +19,6 @@ the tokens the draft is trained to predict (:attr:`beagle.models.objective.Train
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from beagle.errors import BeagleError
+from beagle.files import atomic_file, destination_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +99,12 @@ class DraftVocab:
                 "tokens": text(self.tokens), "data": text(self.data)}
 
     def save(self, path) -> Path:
-        """Write the vocabulary file (atomically: a temporary sibling renamed into place)."""
+        """Write the vocabulary file (atomically, with the mode of a new file: :func:`beagle.files.atomic_file`)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        save_file({VOCAB_TENSOR: self.ids.to(torch.int32).contiguous()}, str(temporary), metadata=self.metadata())
-        os.chmod(temporary, 0o644)  # safetensors writes 0600; a vocabulary is meant to be shared
-        os.replace(temporary, path)
+        path = destination_path(path, "the vocabulary file")
+        with atomic_file(path, "the vocabulary file") as temporary:
+            save_file({VOCAB_TENSOR: self.ids.to(torch.int32).contiguous()}, str(temporary), metadata=self.metadata())
         return path
 
     @classmethod
