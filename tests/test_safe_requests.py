@@ -11,7 +11,7 @@ import torch
 
 from beagle.cli.main import main
 from beagle.decoding.engine import SpeculativeGenerator
-from beagle.decoding.fast import choose_on_device
+from beagle.decoding.sampling import choose_on_device
 from beagle.decoding.sampling import GenerationSettings, choose_tokens, target_probabilities
 from beagle.errors import BeagleError
 from conftest_serving import one_torch_thread, save_tiny_target, small_tree, tiny_draft, tiny_target
