@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from beagle.decoding.detokenize import IncrementalDetokenizer, StopStringScanner
 from beagle.decoding.fast import FastState, FastVerifier
 from beagle.decoding.sampling import GenerationSettings, choose_tokens
 from beagle.decoding.stats import DecodeStats
@@ -127,31 +128,27 @@ class SpeculativeGenerator:
         return self.generate(self.target.encode_chat(messages), settings, **overrides)
 
     def stream(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> Iterator[str]:
-        """Yield text chunks as tokens are accepted; ``self.last_stats`` holds the stats afterwards."""
+        """Yield text chunks as tokens are accepted; ``self.last_stats`` holds the stats afterwards. The chunks
+        concatenate to the text of all tokens (up to a stop string); each round decodes a few tokens only
+        (:mod:`beagle.decoding.detokenize`)."""
         settings = _settings(settings, overrides)
         stats = DecodeStats()
         self.last_stats = stats
-        tokens: list[int] = []
-        shown = 0
-        hold = max((len(s) for s in settings.stop), default=1) - 1
+        detokenizer = IncrementalDetokenizer(self.target.tokenizer)
+        scanner = StopStringScanner(settings.stop)
         for chunk in self._accepted_chunks(prompt_ids, settings, stats):
-            tokens.extend(chunk)
-            text = self._decode(tokens)
-            cut = _find_stop(text, settings.stop)
-            if cut is not None:
+            text, stopped = scanner.feed(detokenizer.push(chunk))
+            if text:
+                yield text
+            if stopped:
                 stats.stop_reason = "stop_string"
-                if cut > shown:
-                    yield text[shown:cut]
                 return
-            ready = len(text) - hold
-            while ready > shown and text[ready - 1] == "\ufffd":  # incomplete UTF-8 sequence
-                ready -= 1
-            if ready > shown:
-                yield text[shown:ready]
-                shown = ready
-        text = self._decode(tokens)
-        if len(text) > shown:
-            yield text[shown:]
+        text, stopped = scanner.feed(detokenizer.flush())
+        text += "" if stopped else scanner.finish()
+        if stopped:
+            stats.stop_reason = "stop_string"
+        if text:
+            yield text
 
     # --------------------------------------------------------- token rounds
     def _accepted_chunks(self, prompt_ids, settings: GenerationSettings, stats: DecodeStats) -> Iterator[list[int]]:
