@@ -15,8 +15,11 @@ Two implementations of the round, chosen per generator:
 - the **fast path** (:mod:`beagle.decoding.fast`, the default on a GPU): all four phases at fixed shapes
   over static buffers, the target pass compiled, each phase replayed as a CUDA graph, one host read per
   round;
-- the **eager path** (the default on a CPU, ``fast=False`` / ``--eager`` elsewhere): the same algorithm with
-  growing caches and Python control flow, below.
+- the **eager path** (:mod:`beagle.decoding.eager`, the default on a CPU, ``fast=False`` / ``--eager``
+  elsewhere): the same algorithm with growing caches and Python control flow.
+
+Both are round states with the same three steps (``prefill``, ``round``, ``tail_step``), and
+:meth:`SpeculativeGenerator._rounds` is the one loop over them.
 
 Both give the target's own tokens (tests compare them in fp32). Batch size 1.
 """
@@ -31,14 +34,14 @@ from dataclasses import dataclass, field
 import torch
 
 from beagle.decoding.detokenize import IncrementalDetokenizer, StopStringScanner
+from beagle.decoding.eager import EagerState
 from beagle.decoding.fast import FastState, FastVerifier
-from beagle.decoding.sampling import GenerationSettings, choose_tokens
+from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.stats import DecodeStats
-from beagle.decoding.tree import TreeSettings, build_tree, default_tree
+from beagle.decoding.tree import TreeSettings, default_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
 from beagle.kernels.attention_backend import configure_attention
-from beagle.target_model.session import DynamicSession
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ class SpeculativeGenerator:
         started = time.perf_counter()
         emitted = 0
         try:
-            rounds = self._rounds(prompt, settings, stats, lambda: settings.max_new_tokens - emitted)
+            rounds = self._rounds(prompt, settings, stats)
             for chunk in rounds:
                 chunk = chunk[: settings.max_new_tokens - emitted]
                 if not settings.ignore_eos:
@@ -179,40 +182,48 @@ class SpeculativeGenerator:
             _synchronize(self.target.device)
             stats.time_total = time.perf_counter() - started
 
-    def _rounds(self, prompt: list[int], settings, stats, remaining) -> Iterator[list[int]]:
+    def _rounds(self, prompt: list[int], settings, stats) -> Iterator[list[int]]:
+        """One loop for both paths over a round state (:class:`EagerState` or :class:`FastState`): prefill,
+        then rounds, then plain steps where a full-depth tree would pass the context limit. The fast path
+        keeps no timers in the loop (its phases' time is the total minus prefill; draft / verify stay 0)."""
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.target.device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-        if self.fast:
-            return self._fast_rounds(prompt, settings, stats, generator)
-        return self._eager_rounds(prompt, settings, stats, remaining, generator)
-
-    def _fast_rounds(self, prompt: list[int], settings, stats, generator) -> Iterator[list[int]]:
-        """The fast path (:mod:`beagle.decoding.fast`): one host read per round, no timers in the loop
-        (the phases' time is the total minus prefill; ``time_draft`` / ``time_verify`` stay 0)."""
-        state = self._fast(len(prompt), settings)
-        self.last_target_cache = state.passes.cache if self.keep_last_cache else None
+        state = self._state(len(prompt), settings)
         clock = time.perf_counter()
-        token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
-        stats.target_passes += 1
-        stats.time_prefill += time.perf_counter() - clock  # includes the first token's host read
-        yield [token]
-        position = len(prompt)  # of the root token, the next input to the target
-        depth = 0 if self.draft is None else self.tree.depth
-        while True:
-            if position + depth >= self.target.max_length:  # a full tree would pass the context limit
-                yield [state.tail_step(settings, generator)]
-                stats.target_passes += 1
-                position += 1
-                continue
-            output = state.round(settings, generator)
+        try:
+            token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
+            self.last_target_cache = _target_cache(state) if self.keep_last_cache else None
             stats.target_passes += 1
-            position += len(output.tokens)
-            if self.draft is not None:
-                stats.accept_lengths.append(len(output.tokens) - 1)
-                stats.tree_depths.append(output.tree_depth)
-            yield output.tokens
+            stats.time_prefill += time.perf_counter() - clock  # includes the first token's host read
+            yield [token]
+            position = len(prompt)  # of the root token, the next input to the target
+            depth = 0 if self.draft is None else self.tree.depth
+            while True:
+                if position + depth >= self.target.max_length:  # a full tree would pass the context limit
+                    token = state.tail_step(settings, generator)
+                    stats.target_passes += 1
+                    position += 1
+                    yield [token]
+                    continue
+                output = state.round(settings, generator)
+                stats.target_passes += 1
+                position += len(output.tokens)
+                if self.draft is not None:
+                    stats.accept_lengths.append(len(output.tokens) - 1)
+                    stats.tree_depths.append(output.tree_depth)
+                yield output.tokens
+        finally:
+            timings = getattr(state, "timings", None)
+            if timings is not None:
+                stats.time_draft += timings["draft"]
+                stats.time_verify += timings["verify"]
+
+    def _state(self, prompt_length: int, settings: GenerationSettings) -> "EagerState | FastState":
+        if not self.fast:
+            return EagerState(self.target, self.draft, self.tree, self.concat, self.verifier)
+        return self._fast(prompt_length, settings)
 
     def _fast(self, prompt_length: int, settings: GenerationSettings) -> FastState:
         """The fast path's buffers, reused while the capacity fits (graphs are captured per state)."""
@@ -225,70 +236,6 @@ class SpeculativeGenerator:
                               self.concat, self.graphs, self.compile, self.fast_verifier, self.compile_backend)
             self._fast_state = state
         return state
-
-    def _eager_rounds(self, prompt: list[int], settings, stats, remaining, generator) -> Iterator[list[int]]:
-        target = self.target
-        device = target.device
-        session = DynamicSession(target)
-        self.last_target_cache = session.cache if self.keep_last_cache else None
-        prompt_tensor = torch.tensor([prompt], device=device)
-        clock = time.perf_counter()
-        hidden = session.prefill(prompt_tensor)
-        token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
-        stats.target_passes += 1
-        _synchronize(device)
-        stats.time_prefill += time.perf_counter() - clock
-        yield [token]
-        position = len(prompt)  # position of `token`, the next input to the target
-        if self.draft is None:
-            while True:
-                hidden = session.step(token)
-                token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
-                stats.target_passes += 1
-                position += 1
-                yield [token]
-        draft = self.draft
-        clock = time.perf_counter()
-        draft_cache = draft.new_cache(capacity=len(prompt) + settings.max_new_tokens + 2 * self.tree.depth + 8)
-        draft_cache.concat = self.concat
-        with torch.no_grad():
-            root_hidden = draft.start_round(draft_cache, prompt_tensor[0], hidden[0], 0, token)
-        _synchronize(device)
-        stats.time_draft += time.perf_counter() - clock
-        while True:
-            clock = time.perf_counter()
-            max_depth = min(remaining() - 1, target.max_length - 1 - position)
-            with torch.no_grad():
-                tree = build_tree(draft, draft_cache, root_hidden, self.tree, max(max_depth, 1))
-            draft_cache.reset_tree()
-            _synchronize(device)
-            stats.time_draft += time.perf_counter() - clock
-
-            clock = time.perf_counter()
-            tree_tokens = tree.tokens.to(device)
-            inputs = torch.cat([torch.tensor([token], device=device), tree_tokens])
-            positions = position + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
-            hidden = session.verify(inputs, positions, tree.ancestry().to(device))
-            verdict = self.verifier(tree, target.logits(hidden[0]), settings, generator)
-            keep = torch.tensor([0] + [node + 1 for node in verdict.path], device=device)
-            accepted_states = hidden[0, keep]  # before the next pass reuses a static output buffer
-            session.keep(keep)
-            stats.target_passes += 1
-            stats.accept_lengths.append(len(verdict.path))
-            stats.tree_depths.append(tree.depth)
-            _synchronize(device)
-            stats.time_verify += time.perf_counter() - clock
-
-            accepted = inputs[keep]
-            yield accepted[1:].tolist() + [verdict.bonus]
-
-            clock = time.perf_counter()
-            with torch.no_grad():
-                root_hidden = draft.start_round(draft_cache, accepted, accepted_states, position, verdict.bonus)
-            position += int(keep.shape[0])
-            token = verdict.bonus
-            _synchronize(device)
-            stats.time_draft += time.perf_counter() - clock
 
     # ------------------------------------------------------------- helpers
     def _check_lengths(self, prompt: list[int], settings: GenerationSettings) -> None:
@@ -341,6 +288,11 @@ def _as_list(prompt_ids) -> list[int]:
             prompt_ids = prompt_ids[0]
         return [int(t) for t in prompt_ids.tolist()]
     return [int(t) for t in prompt_ids]
+
+
+def _target_cache(state):
+    """The target KV cache a round state writes (tests compare it with an AR cache)."""
+    return state.target_cache if isinstance(state, EagerState) else state.passes.cache
 
 
 def _synchronize(device: torch.device) -> None:
