@@ -163,7 +163,7 @@ class _Runner:
             self.generator = SpeculativeGenerator(target, None, tree, fast=False)
         elif method.kind == "draft":
             self.generator = SpeculativeGenerator(target, drafts[method.draft], tree, concat=method.concat,
-                                                  fast=fast, compile=compile)
+                                                  fast=fast, compile=compile, adaptive=False)  # raw speculation
         tokenizer = target.tokenizer
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = pad if isinstance(pad, int) else (self.eos_ids[0] if self.eos_ids else 0)

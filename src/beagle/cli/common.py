@@ -18,6 +18,9 @@ def add_draft_args(parser: argparse.ArgumentParser) -> None:
     add_draft_dtype_arg(parser)
     add_tree_args(parser)
     add_static_arg(parser)
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="speculate to the end of every request, even where it is slower than plain decoding "
+                             "(default: a request whose rounds yield fewer tokens than they cost continues plainly)")
 
 
 def add_draft_dtype_arg(parser: argparse.ArgumentParser) -> None:
@@ -118,4 +121,5 @@ def build_generator(args):
 
     target = load_target_from_args(args)
     draft = load_draft_from_args(args, target)
-    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat, **decoding_path(args))
+    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat,
+                                adaptive=not getattr(args, "no_adaptive", False), **decoding_path(args))

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from beagle.decoding.adaptive import AdaptivePolicy, measure_round_cost, plain_step
 from beagle.decoding.detokenize import IncrementalDetokenizer, StopStringScanner
 from beagle.decoding.eager import EagerState
 from beagle.decoding.fast import FastState, FastVerifier
@@ -65,12 +66,18 @@ class SpeculativeGenerator:
     compile: ``torch.compile`` the fast path's target pass (None = on a GPU). graphs: capture the fast
     path's phases as CUDA graphs (None = on a GPU). The first call of a new capacity or sampling setting
     pays compilation/capture once (``warmup_seconds``).
+
+    adaptive: never slower than plain decoding (:mod:`beagle.decoding.adaptive`): the round's cost in plain steps
+    is measured once (at :meth:`reserve`, else before the first request), and a request whose rounds yield
+    fewer tokens than they cost continues with plain steps (``stats.mode == "fallback"``). ``adaptive=False``
+    speculates to the end (benchmarks of raw speculation). round_cost: a known round cost in plain steps
+    (skips the measurement).
     """
 
     def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None,
                  static: bool = False, fast: bool | None = None, compile: bool | None = None,
                  graphs: bool | None = None, fast_verifier: FastVerifier | None = None,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", adaptive: bool = True, round_cost: float | None = None):
         self.target = target
         on_gpu = target.device.type == "cuda"
         self.fast = bool(static) or (on_gpu if fast is None else bool(fast))
@@ -100,12 +107,23 @@ class SpeculativeGenerator:
         self.keep_last_cache = False  # tests inspect the target cache of the last call
         self.last_target_cache = None
         self._fast_state: FastState | None = None
+        self.adaptive = adaptive and draft is not None
+        self.round_cost_steps = round_cost  # C: a round's cost in plain steps (None: not measured yet)
+        self._fallback_logged = False
 
     def reserve(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Size the fast path's buffers for requests up to these lengths now, so that no later call
-        recompiles for a larger cache (a no-op on the eager path)."""
-        if self.fast:
-            self._fast(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+        recompiles for a larger cache, and measure the round cost (adaptive) now, outside any request."""
+        state = self._state(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+        if self.adaptive and self.round_cost_steps is None:
+            self._measure_round_cost(state)
+
+    def _measure_round_cost(self, state) -> None:
+        cost = measure_round_cost(state, self.target.vocab_size, self.target.max_length, self.tree.depth)
+        self.round_cost_steps = cost.steps
+        logger.info("a speculative round costs %.2f plain steps (%.2f ms vs %.2f ms); below that many tokens per "
+                    "round a request continues without speculation", cost.steps, 1e3 * cost.round_seconds,
+                    1e3 * cost.step_seconds)
 
     @property
     def warmup_seconds(self) -> float:
@@ -191,6 +209,11 @@ class SpeculativeGenerator:
             generator = torch.Generator(device=self.target.device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
         state = self._state(len(prompt), settings)
+        if self.adaptive and self.round_cost_steps is None:
+            self._measure_round_cost(state)
+        policy = AdaptivePolicy(self.round_cost_steps) if self.adaptive else None
+        stats.mode = "speculative" if self.draft is not None else "autoregressive"
+        stats.round_cost_steps = self.round_cost_steps
         clock = time.perf_counter()
         try:
             token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
@@ -201,6 +224,11 @@ class SpeculativeGenerator:
             position = len(prompt)  # of the root token, the next input to the target
             depth = 0 if self.draft is None else self.tree.depth
             while True:
+                if stats.mode == "fallback":
+                    token = plain_step(state, settings, generator)
+                    stats.target_passes += 1
+                    yield [token]
+                    continue
                 if position + depth >= self.target.max_length:  # a full tree would pass the context limit
                     token = state.tail_step(settings, generator)
                     stats.target_passes += 1
@@ -214,11 +242,23 @@ class SpeculativeGenerator:
                     stats.accept_lengths.append(len(output.tokens) - 1)
                     stats.tree_depths.append(output.tree_depth)
                 yield output.tokens
+                if policy is not None:
+                    policy.observe(len(output.tokens))
+                    if policy.should_fall_back():
+                        self._fall_back(stats, policy, position - len(prompt) + 1)
         finally:
             timings = getattr(state, "timings", None)
             if timings is not None:
                 stats.time_draft += timings["draft"]
                 stats.time_verify += timings["verify"]
+
+    def _fall_back(self, stats: DecodeStats, policy: AdaptivePolicy, emitted: int) -> None:
+        stats.mode, stats.fallback_at_token = "fallback", emitted
+        log = logger.debug if self._fallback_logged else logger.info
+        self._fallback_logged = True
+        log("speculation loses for this request (%.2f tokens per round after %d rounds, a round costs %.2f plain "
+            "steps): plain decoding from token %d on", policy.mean_tokens, policy.rounds, policy.round_cost_steps,
+            emitted)
 
     def _state(self, prompt_length: int, settings: GenerationSettings) -> "EagerState | FastState":
         if not self.fast:
