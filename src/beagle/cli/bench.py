@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from beagle.bench.report import markdown_table
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import load_draft
-    from beagle.kernels.attention_backend import cudnn_sdp_requested
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
 
     if args.no_concat and args.no_noconcat:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise BeagleError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(BASELINES)}, drafts or a draft name "
                           f"({', '.join(names) or 'no --draft given'}; Beagle drafts also <name>-noconcat)")
     prompts = load_prompts(args.prompts, args.limit)
-    target = load_target(args.target, dtype=args.dtype, device=args.device)
+    target = load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
     tree.validate(target.vocab_size)
     drafts, paths = {}, {}
     for name, given in zip(names, args.draft):
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_source=args.prompts,
         draft_paths=paths,
         plots=not args.no_plots,
-        cudnn_sdp=bool(args.cudnn_sdp or cudnn_sdp_requested()),
+        cudnn_sdp=hardware_args(args)["cudnn_sdp"],
         **decoding_path(args),
     )
     print(markdown_table(results))

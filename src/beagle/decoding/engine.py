@@ -42,7 +42,6 @@ from beagle.decoding.stats import DecodeStats
 from beagle.decoding.tree import TreeSettings, default_tree
 from beagle.decoding.verify import TreeVerifier
 from beagle.errors import BeagleError
-from beagle.kernels.attention_backend import configure_attention
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,6 @@ class SpeculativeGenerator:
             logger.info("fast path without a GPU: the fixed-shape phases run eagerly over static buffers "
                         "(slower than the eager path on a CPU; same tokens)")
         self.compile_backend = compile_backend
-        configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.kernels.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.fast_verifier = fast_verifier or FastVerifier()
         self.draft = draft

@@ -104,11 +104,11 @@ def inference_draft_dtype(target) -> torch.dtype:
     """The dtype a draft drafts fastest in next to ``target``: bfloat16 beside a float32 target on a CPU whose
     oneDNN runs bf16 natively (AVX512-BF16 / AMX) with the oneDNN linear kernel (half the bytes per draft
     step; measured in docs/results/cpu-paths.md), else the target's dtype. Output stays the target's either
-    way: the draft only proposes; the float32 target verifies."""
-    from beagle.kernels.cpu_linear import current_kernel, onednn_bf16_supported
-
-    if (target.device.type == "cpu" and target.dtype == torch.float32 and current_kernel() == "onednn"
-            and onednn_bf16_supported()):
+    way: the draft only proposes; the float32 target verifies. The kernels are the target's
+    (``target.cpu_kernels``, chosen by ``load_target``)."""
+    kernels = getattr(target, "cpu_kernels", None)
+    if (target.device.type == "cpu" and target.dtype == torch.float32 and kernels is not None
+            and kernels.drafts_in_bf16):
         return torch.bfloat16
     return target.dtype
 
