@@ -147,7 +147,6 @@ def test_graphs_need_a_gpu():
     with pytest.raises(BeagleError, match="GPU"):
         SpeculativeGenerator(target, fast=True, graphs=True)
     assert not SpeculativeGenerator(target).fast  # CPU default: the eager path
-    assert SpeculativeGenerator(target, static=True).fast  # the older name
 
 
 def test_inverse_cdf_choice_has_the_target_distribution():

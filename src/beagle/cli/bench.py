@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beagle.cli.common import add_draft_dtype_arg, add_static_arg, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
+from beagle.cli.common import add_draft_dtype_arg, add_path_args, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
 from beagle.errors import BeagleError
 
 
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
     add_tree_args(parser)  # its --no-concat here: run Beagle drafts in no-concat mode only
-    add_static_arg(parser)  # for ar and the drafts (not the HF methods)
+    add_path_args(parser)  # for ar and the drafts (not the HF methods)
     parser.set_defaults(func=run)
 
 

@@ -25,7 +25,7 @@ def add_draft_args(parser: argparse.ArgumentParser) -> None:
                              "smollm2-eagle2); omit for plain decoding")
     add_draft_dtype_arg(parser)
     add_tree_args(parser)
-    add_static_arg(parser)
+    add_path_args(parser)
     parser.add_argument("--no-adaptive", action="store_true",
                         help="speculate to the end of every request, even where it is slower than plain decoding "
                              "(default: a request whose rounds yield fewer tokens than they cost continues plainly)")
@@ -37,12 +37,12 @@ def add_draft_dtype_arg(parser: argparse.ArgumentParser) -> None:
                              "else the target's); output is the target's either way")
 
 
-def add_static_arg(parser: argparse.ArgumentParser) -> None:
+def add_path_args(parser: argparse.ArgumentParser) -> None:
     """The decoding path: fast (default on a GPU) or eager (default on a CPU)."""
     path = parser.add_mutually_exclusive_group()
     path.add_argument("--eager", action="store_true",
                       help="the eager path (growing caches, no compilation or CUDA graphs; the default on a CPU)")
-    path.add_argument("--fast", "--static", dest="fast", action="store_true",
+    path.add_argument("--fast", action="store_true",
                       help="the fast path: fixed shapes, compiled target pass, each phase a CUDA graph (the "
                            "default on a GPU; on a CPU it runs eagerly over static buffers, which is slower there)")
     parser.add_argument("--no-compile", action="store_true",

@@ -61,7 +61,7 @@ class SpeculativeGenerator:
     ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode.
 
     fast: the fixed-shape path (None = on a GPU only; on a CPU it runs eagerly over static buffers, which
-    is slower than the eager path there). ``static=True`` is the older name of ``fast=True``.
+    is slower than the eager path there).
     compile: ``torch.compile`` the fast path's target pass (None = on a GPU). graphs: capture the fast
     path's phases as CUDA graphs (None = on a GPU). The first call of a new capacity or sampling setting
     pays compilation/capture once (``warmup_seconds``).
@@ -74,13 +74,12 @@ class SpeculativeGenerator:
     """
 
     def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None,
-                 static: bool = False, fast: bool | None = None, compile: bool | None = None,
+                 fast: bool | None = None, compile: bool | None = None,
                  graphs: bool | None = None, fast_verifier: FastVerifier | None = None,
                  compile_backend: str = "inductor", adaptive: bool = True, round_cost: float | None = None):
         self.target = target
         on_gpu = target.device.type == "cuda"
-        self.fast = bool(static) or (on_gpu if fast is None else bool(fast))
-        self.static = self.fast
+        self.fast = on_gpu if fast is None else bool(fast)
         self.compile = self.fast and (on_gpu if compile is None else bool(compile))
         self.graphs = self.fast and (on_gpu if graphs is None else bool(graphs))
         if self.graphs and not on_gpu:
