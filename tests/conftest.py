@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from beagle.kernels.cpu_kernels import install_cpu_kernels
+from beagle.kernels.cpu_linear import current_kernel
 from beagle.target_model.model import TargetModel
 
 TINY = dict(
@@ -19,7 +21,8 @@ FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 
 
 def make_tiny_target(family: str = "llama", vocab_size: int = 97, seed: int = 0, **overrides) -> TargetModel:
-    """A random tiny HF causal LM of the given family, fp32 on CPU, wrapped as a TargetModel."""
+    """A random tiny HF causal LM of the given family, fp32 on CPU, wrapped as a TargetModel, with the CPU kernels
+    load_target installs (the process's current kernel, so tests inside ``use_kernel`` get that one)."""
     import transformers
 
     classes = {
@@ -34,7 +37,9 @@ def make_tiny_target(family: str = "llama", vocab_size: int = 97, seed: int = 0,
     if family == "qwen3":
         config.head_dim = 16
     model = model_class(config).float().eval()
-    return TargetModel(model, tokenizer=None, name=f"tiny-{family}")
+    target = TargetModel(model, tokenizer=None, name=f"tiny-{family}")
+    install_cpu_kernels(target, current_kernel())
+    return target
 
 
 @pytest.fixture(params=FAMILIES)

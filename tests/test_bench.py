@@ -159,7 +159,7 @@ def test_time_budget_stops_between_prompts(tiny):
     assert cut["prompts"]["completed"] == 0 and cut["records"] == []
 
 
-def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked(monkeypatch):
+def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked():
     from beagle.kernels.attention_backend import configure_attention, cudnn_sdp_backend
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
@@ -168,8 +168,7 @@ def test_configure_attention_turns_cudnn_off_on_cuda_unless_asked(monkeypatch):
         assert torch.backends.cuda.cudnn_sdp_enabled()
         configure_attention("cuda")  # a flag flip: works without a GPU
         assert not torch.backends.cuda.cudnn_sdp_enabled()
-        monkeypatch.setenv("BEAGLE_CUDNN_SDP", "1")
-        configure_attention("cuda:0")
+        configure_attention("cuda:0", cudnn_sdp=True)
         assert torch.backends.cuda.cudnn_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled() is before
 

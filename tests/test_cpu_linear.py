@@ -1,5 +1,5 @@
 """CPU linear kernels (beagle.kernels.cpu_linear): oneDNN with packed weights, the columns kernel and the stock
-one compute nn.functional.linear; routing, packing, installation and the environment switch."""
+one compute nn.functional.linear; routing, packing, installation and the explicit choice."""
 
 import gc
 
@@ -10,7 +10,7 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.kernels import cpu_linear
 from beagle.kernels.cpu_linear import (CPU_SMALL_BATCH_ROWS, KERNELS, cpu_linear as linear, install_cpu_linear,
-                                      kernel_from_environment, onednn_available, packed_weight, small_batch_rows,
+                                      onednn_available, packed_weight, small_batch_rows,
                                       takes_cpu_kernel, uninstall_cpu_linear, use_kernel)
 from tests.conftest import make_tiny_target
 
@@ -113,18 +113,6 @@ def test_cpu_target_installs_and_uninstall_restores(kernel):
     target.forward(ids[:, :8], cache)
     stock = target.logits(target.forward(ids[:, 8:], cache))
     torch.testing.assert_close(patched, stock, rtol=1e-4, atol=1e-4)
-
-
-def test_environment_chooses_the_kernel(monkeypatch):
-    monkeypatch.setenv(cpu_linear.ENV, "stock")
-    assert kernel_from_environment() == "stock"
-    monkeypatch.setenv(cpu_linear.ENV, "columns")
-    assert kernel_from_environment() == "columns"
-    monkeypatch.delenv(cpu_linear.ENV)
-    assert kernel_from_environment() == ("onednn" if onednn_available() else "columns")
-    monkeypatch.setenv(cpu_linear.ENV, "fastest")
-    with pytest.raises(BeagleError, match="BEAGLE_CPU_LINEAR='fastest'.*onednn, columns, stock"):
-        kernel_from_environment()
 
 
 def test_stock_kernel_leaves_layers_alone():

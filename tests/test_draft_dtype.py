@@ -49,7 +49,7 @@ def test_bf16_draft_beside_fp32_target_keeps_greedy_output_and_drafts_through_bf
     draft = oracle_draft(target, arch).to(torch.bfloat16)
     draft.set_vocab(DraftVocab(ids=torch.arange(0, 97, 2), coverage=0.5))  # misses tokens the target picks
     assert draft._vocab_rows()[0].dtype == torch.bfloat16  # narrower of draft (bf16) and head (fp32)
-    speculative = SpeculativeGenerator(target, draft, TreeSettings(3, 3, 8))
+    speculative = SpeculativeGenerator(target, draft, TreeSettings(3, 3, 8), adaptive=False)
     settings = GenerationSettings(max_new_tokens=30, ignore_eos=True)
     for seed in range(3):
         prompt = torch.randint(0, 97, (6,), generator=torch.Generator().manual_seed(seed)).tolist()

@@ -40,7 +40,7 @@ def test_greedy_equality_random_drafts(family):
         length = int(torch.randint(1, 20, (1,), generator=generator))
         prompt = torch.randint(0, target.vocab_size, (length,), generator=generator).tolist()
         expected = plain.generate(prompt, _greedy()).token_ids
-        speculative = SpeculativeGenerator(target, drafts[arch], tree, concat=concat)
+        speculative = SpeculativeGenerator(target, drafts[arch], tree, concat=concat, adaptive=False)
         assert speculative.generate(prompt, _greedy()).token_ids == expected, (arch, concat, tree, prompt)
 
 
@@ -53,13 +53,13 @@ def test_greedy_equality_with_deep_acceptance(arch, tree):
     plain = SpeculativeGenerator(target)
     for noise in (0.0, 0.05):
         draft = oracle_draft(target, arch, noise=noise)
-        speculative = SpeculativeGenerator(target, draft, tree)
+        speculative = SpeculativeGenerator(target, draft, tree, adaptive=False)
         for seed in range(3):
             prompt = torch.randint(0, 97, (5,), generator=torch.Generator().manual_seed(seed)).tolist()
             out = speculative.generate(prompt, _greedy(30))
             assert out.token_ids == plain.generate(prompt, _greedy(30)).token_ids
     if tree.depth > 1 and tree.top_k > 1:
-        perfect = SpeculativeGenerator(target, oracle_draft(target, arch), tree).generate(prompt, _greedy(30))
+        perfect = SpeculativeGenerator(target, oracle_draft(target, arch), tree, adaptive=False).generate(prompt, _greedy(30))
         assert perfect.stats.tau > 2.0
 
 
@@ -70,7 +70,7 @@ def test_matches_hf_generate(llama_target):
         hf = llama_target.model.generate(
             prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20, pad_token_id=0, eos_token_id=None
         )[0, 8:].tolist()
-        ours = SpeculativeGenerator(llama_target, draft).generate(prompt, _greedy(20)).token_ids
+        ours = SpeculativeGenerator(llama_target, draft, adaptive=False).generate(prompt, _greedy(20)).token_ids
         assert ours == hf
 
 
@@ -78,7 +78,7 @@ def test_matches_hf_generate(llama_target):
 def test_target_cache_equals_autoregressive_cache(arch):
     target = make_tiny_target("qwen2", seed=3)
     make_bigram(target)
-    generator = SpeculativeGenerator(target, oracle_draft(target, arch, noise=0.05), TreeSettings(4, 3, 12))
+    generator = SpeculativeGenerator(target, oracle_draft(target, arch, noise=0.05), TreeSettings(4, 3, 12), adaptive=False)
     generator.keep_last_cache = True
     prompt = list(range(3, 12))
     out = generator.generate(prompt, _greedy(25))
@@ -100,7 +100,7 @@ def test_eos_and_stats(llama_target):
     free = plain.generate(prompt, _greedy(12)).token_ids
     eos = free[4]
     plain.eos_ids = {eos}
-    speculative = SpeculativeGenerator(llama_target, oracle_draft(llama_target, "beagle"), TreeSettings(5, 4, 20))
+    speculative = SpeculativeGenerator(llama_target, oracle_draft(llama_target, "beagle"), TreeSettings(5, 4, 20), adaptive=False)
     speculative.eos_ids = {eos}
     stopped = speculative.generate(prompt, GenerationSettings(max_new_tokens=12))
     assert stopped.token_ids == free[: free.index(eos) + 1]

@@ -39,8 +39,8 @@ def test_fast_path_gives_the_eager_tokens(family):
         if arch == "eagle2" and not concat:
             continue
         draft = build_draft(target, arch)
-        eager = SpeculativeGenerator(target, draft, tree, concat=concat)
-        fast = SpeculativeGenerator(target, draft, tree, concat=concat, fast=True)
+        eager = SpeculativeGenerator(target, draft, tree, concat=concat, adaptive=False)
+        fast = SpeculativeGenerator(target, draft, tree, concat=concat, fast=True, adaptive=False)
         for call in range(2):
             length = int(torch.randint(1, 30, (1,), generator=generator))
             prompt = torch.randint(0, target.vocab_size, (length,), generator=generator).tolist()
@@ -63,12 +63,12 @@ def test_fast_path_deep_acceptance_and_cache_growth():
     plain = SpeculativeGenerator(target)
     for arch in ("beagle", "eagle2"):
         draft = oracle_draft(target, arch, noise=0.05)
-        fast = SpeculativeGenerator(target, draft, TREES[0], fast=True)
+        fast = SpeculativeGenerator(target, draft, TREES[0], fast=True, adaptive=False)
         prompt = [5, 6, 7, 8, 9]
         out = fast.generate(prompt, _greedy(60))
         assert out.token_ids == plain.generate(prompt, _greedy(60)).token_ids
         assert out.stats.tau > 2.5  # paths of several tokens: the kept entries moved inside the static cache
-        eager = SpeculativeGenerator(target, draft, TREES[0]).generate(prompt, _greedy(60))
+        eager = SpeculativeGenerator(target, draft, TREES[0], adaptive=False).generate(prompt, _greedy(60))
         assert out.stats.accept_lengths[:-1] == eager.stats.accept_lengths[:-1]
         first = fast._fast_state.capacity
         long_prompt = list(range(3, 90)) * 4  # 348 tokens + 300 new: past a 512-slot capacity
@@ -86,7 +86,7 @@ def test_fast_path_eos_inside_an_accepted_path_and_budget_boundaries():
     prompt = [11, 12, 13]
     plain = SpeculativeGenerator(target)
     reference = plain.generate(prompt, _greedy(40)).token_ids
-    fast = SpeculativeGenerator(target, draft, TREES[0], fast=True)
+    fast = SpeculativeGenerator(target, draft, TREES[0], fast=True, adaptive=False)
     full = fast.generate(prompt, _greedy(40))
     # An EOS that the fast path accepts in the middle of a round's path.
     lengths = full.stats.accept_lengths
@@ -112,7 +112,7 @@ def test_fast_path_near_the_context_limit():
     target = make_tiny_target("mistral", seed=4)  # max_position_embeddings 512
     plain = SpeculativeGenerator(target)
     for arch in ("beagle", "eagle2"):
-        fast = SpeculativeGenerator(target, build_draft(target, arch), TREES[0], fast=True)
+        fast = SpeculativeGenerator(target, build_draft(target, arch), TREES[0], fast=True, adaptive=False)
         prompt = (list(range(5, 90)) * 6)[:500]
         settings = _greedy(12)
         out = fast.generate(prompt, settings)
@@ -131,7 +131,7 @@ def test_compiled_target_pass_traces_once_per_shape():
     plain = SpeculativeGenerator(target)
     tree = TreeSettings(3, 3, 8)
     draft = build_draft(target, "beagle")
-    fast = SpeculativeGenerator(target, draft, tree, fast=True, compile=True, compile_backend="eager")
+    fast = SpeculativeGenerator(target, draft, tree, fast=True, compile=True, compile_backend="eager", adaptive=False)
     fast_plain = SpeculativeGenerator(target, fast=True, compile=True, compile_backend="eager")
     for length in (7, 19):
         prompt = list(range(2, 2 + length))
@@ -176,7 +176,6 @@ def test_graphs_need_a_gpu():
     with pytest.raises(BeagleError, match="GPU"):
         SpeculativeGenerator(target, fast=True, graphs=True)
     assert not SpeculativeGenerator(target).fast  # CPU default: the eager path
-    assert SpeculativeGenerator(target, static=True).fast  # the older name
 
 
 def test_inverse_cdf_choice_has_the_target_distribution():

@@ -90,7 +90,7 @@ def setup():
 def test_speculative_sampling_matches_target_distribution(setup, top_p):
     target, draft = setup
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, top_p=top_p, ignore_eos=True)
-    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6))
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), adaptive=False)
     counts = sample_counts(generator, settings)
     assert sum(generator.last_stats.accept_lengths) >= 0
     p_value = chi_squared_p_value(counts, exact_joint(target, settings))
@@ -99,7 +99,7 @@ def test_speculative_sampling_matches_target_distribution(setup, top_p):
 
 def test_acceptance_happens_during_sampling(setup):
     target, draft = setup
-    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6))
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), adaptive=False)
     accepted = 0
     for seed in range(200):
         generator.generate(PROMPT, GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, seed=seed, ignore_eos=True))
@@ -111,7 +111,7 @@ def test_broken_acceptance_rule_fails_the_same_test(setup):
     target, draft = setup
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, ignore_eos=True)
     generator = SpeculativeGenerator(
-        target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), verifier=ForgotResidualVerifier()
+        target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), verifier=ForgotResidualVerifier(), adaptive=False
     )
     counts = sample_counts(generator, settings)
     p_value = chi_squared_p_value(counts, exact_joint(target, settings))
@@ -144,7 +144,7 @@ FAST_SAMPLES = 8_000  # the fixed-shape phases run eagerly on a CPU, ~3× slower
 def test_fast_path_sampling_matches_target_distribution(setup):
     target, draft = setup
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, top_p=0.8, ignore_eos=True)
-    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), fast=True)
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), fast=True, adaptive=False)
     counts = sample_counts(generator, settings, FAST_SAMPLES)
     p_value = chi_squared_p_value(counts, exact_joint(target, settings))
     assert p_value > 1e-4, f"fast-path samples deviate from the target distribution (p = {p_value:.2e})"
@@ -154,7 +154,7 @@ def test_fast_path_broken_acceptance_rule_fails_the_same_test(setup):
     target, draft = setup
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, ignore_eos=True)
     generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), fast=True,
-                                     fast_verifier=ForgotResidualFastVerifier())
+                                     fast_verifier=ForgotResidualFastVerifier(), adaptive=False)
     counts = sample_counts(generator, settings, FAST_SAMPLES)
     p_value = chi_squared_p_value(counts, exact_joint(target, settings))
     assert p_value < 1e-4, f"the broken rule was not detected (p = {p_value:.2e})"

@@ -73,7 +73,7 @@ def setup():
     with one_torch_thread():
         target = tiny_target()
         draft = tiny_draft(target)
-        generator = SpeculativeGenerator(target, draft, small_tree())
+        generator = SpeculativeGenerator(target, draft, small_tree(), adaptive=False)
         reference = SpeculativeGenerator(target)  # plain greedy decoding
         app = create_app(generator, MODEL, LIMIT, api_key=API_KEY)
         with ServerThread(app) as server:
@@ -204,7 +204,7 @@ def test_sampling_settings_reach_the_engine(setup, client):
     second = client.chat.completions.create(**kwargs).choices[0].message.content
     assert first == second and first
     target = setup["target"]
-    same = SpeculativeGenerator(target, setup["draft"], small_tree()).generate(
+    same = SpeculativeGenerator(target, setup["draft"], small_tree(), adaptive=False).generate(
         target.encode_chat([{"role": "user", "content": "first sound"}]),
         GenerationSettings(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=20, seed=7))
     assert first == same.text

@@ -86,11 +86,11 @@ def test_cli_errors_are_one_line():
     assert "Traceback" not in result.stderr and "not a draft checkpoint" in result.stderr
 
 
-def test_generate_cli_static_gives_the_same_tokens():
+def test_generate_cli_fast_gives_the_same_tokens():
     base = [sys.executable, "-m", "beagle.cli.main", "generate", "--target", "smollm2", "--draft", "smollm2-beagle",
             "--chat", "--prompt", "Name three colours.", "--max-new-tokens", "24", "--json", "--dtype", "float32"]
     outputs = []
-    for extra in ([], ["--static"]):
+    for extra in ([], ["--fast"]):
         result = subprocess.run(base + extra, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         outputs.append(json.loads(result.stdout))

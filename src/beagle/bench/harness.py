@@ -163,7 +163,7 @@ class _Runner:
             self.generator = SpeculativeGenerator(target, None, tree, fast=False)
         elif method.kind == "draft":
             self.generator = SpeculativeGenerator(target, drafts[method.draft], tree, concat=method.concat,
-                                                  fast=fast, compile=compile)
+                                                  fast=fast, compile=compile, adaptive=False)  # raw speculation
         tokenizer = target.tokenizer
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = pad if isinstance(pad, int) else (self.eos_ids[0] if self.eos_ids else 0)
@@ -250,7 +250,6 @@ def run_benchmark(
     time_budget: float | None = None,
     fast: bool | None = None,
     compile: bool | None = None,
-    static: bool = False,
 ) -> dict:
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
@@ -264,7 +263,7 @@ def run_benchmark(
     None = as set globally); plots: draw the PNGs when writing to ``out_dir``; time_budget: seconds
     of timed prompts (the warm-up excluded) after which no new prompt is started (the prompts done so far are reported, and
     ``prompts.stopped_early`` says so); fast: our engine's methods (ar and the drafts) on the fast path
-    (:mod:`beagle.decoding.fast`; None = on a GPU only, False = eager); static=True is the older name of fast=True;
+    (:mod:`beagle.decoding.fast`; None = on a GPU only, False = eager);
     compile: torch.compile the fast path's target pass (None = on a GPU).
 
     The results dict is described in :mod:`beagle.bench.report` (``results.json``).
@@ -283,7 +282,6 @@ def run_benchmark(
     names = [m.name for m in chosen]
     if settings.ignore_eos and any(m.kind.startswith("hf") for m in chosen):
         raise BeagleError("ignore_eos is not supported with the hf methods")
-    fast = True if static else fast
     eos_ids = target.eos_token_ids()
     runners = {m.name: _Runner(m, target, drafts, tree, eos_ids, fast, compile) for m in chosen}
     reference = runners["ar"] if "ar" in runners else _Runner(Method("ar", "ar"), target, drafts, tree, eos_ids,

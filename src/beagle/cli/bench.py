@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from beagle.cli.common import add_draft_dtype_arg, add_static_arg, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
+from beagle.cli.common import add_draft_dtype_arg, add_path_args, add_target_args, add_tree_args, decoding_path, resolve_draft, tree_settings
 from beagle.errors import BeagleError
 
 
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, *.png)")
     add_tree_args(parser)  # its --no-concat here: run Beagle drafts in no-concat mode only
-    add_static_arg(parser)  # for ar and the drafts (not the HF methods)
+    add_path_args(parser)  # for ar and the drafts (not the HF methods)
     parser.set_defaults(func=run)
 
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from beagle.bench.report import markdown_table
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import load_draft
-    from beagle.kernels.attention_backend import cudnn_sdp_requested
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
 
     if args.no_concat and args.no_noconcat:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise BeagleError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(BASELINES)}, drafts or a draft name "
                           f"({', '.join(names) or 'no --draft given'}; Beagle drafts also <name>-noconcat)")
     prompts = load_prompts(args.prompts, args.limit)
-    target = load_target(args.target, dtype=args.dtype, device=args.device)
+    target = load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
     tree.validate(target.vocab_size)
     drafts, paths = {}, {}
     for name, given in zip(names, args.draft):
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_source=args.prompts,
         draft_paths=paths,
         plots=not args.no_plots,
-        cudnn_sdp=bool(args.cudnn_sdp or cudnn_sdp_requested()),
+        cudnn_sdp=hardware_args(args)["cudnn_sdp"],
         **decoding_path(args),
     )
     print(markdown_table(results))

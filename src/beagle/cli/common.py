@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+# Environment variables read by the CLI (and nowhere else), passed to load_target as arguments.
+CPU_KERNELS_ENV = "BEAGLE_CPU_LINEAR"  # auto | onednn | columns | stock (--cpu-kernels wins)
+CUDNN_SDP_ENV = "BEAGLE_CUDNN_SDP"  # 1: keep PyTorch's cuDNN attention on a GPU (--cudnn-sdp wins)
 
 
 def add_target_args(parser: argparse.ArgumentParser, required: bool = True, default: str = "smollm2",
@@ -14,6 +19,9 @@ def add_target_args(parser: argparse.ArgumentParser, required: bool = True, defa
     parser.add_argument("--dtype", default="auto", help="target dtype: auto (bf16 on CUDA, fp32 on CPU), float32, "
                                                         "bfloat16, float16")
     parser.add_argument("--device", default=None, help=device_help)
+    parser.add_argument("--cpu-kernels", default=None, choices=["auto", "onednn", "columns", "stock"],
+                        help=f"linear kernels on a CPU (default: ${CPU_KERNELS_ENV}, else auto = onednn where "
+                             "PyTorch has it, else columns; stock = PyTorch's own)")
 
 
 def add_draft_args(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +29,10 @@ def add_draft_args(parser: argparse.ArgumentParser) -> None:
                              "smollm2-eagle2); omit for plain decoding")
     add_draft_dtype_arg(parser)
     add_tree_args(parser)
-    add_static_arg(parser)
+    add_path_args(parser)
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="speculate to the end of every request, even where it is slower than plain decoding "
+                             "(default: a request whose rounds yield fewer tokens than they cost continues plainly)")
 
 
 def add_draft_dtype_arg(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +41,12 @@ def add_draft_dtype_arg(parser: argparse.ArgumentParser) -> None:
                              "else the target's); output is the target's either way")
 
 
-def add_static_arg(parser: argparse.ArgumentParser) -> None:
+def add_path_args(parser: argparse.ArgumentParser) -> None:
     """The decoding path: fast (default on a GPU) or eager (default on a CPU)."""
     path = parser.add_mutually_exclusive_group()
     path.add_argument("--eager", action="store_true",
                       help="the eager path (growing caches, no compilation or CUDA graphs; the default on a CPU)")
-    path.add_argument("--fast", "--static", dest="fast", action="store_true",
+    path.add_argument("--fast", action="store_true",
                       help="the fast path: fixed shapes, compiled target pass, each phase a CUDA graph (the "
                            "default on a GPU; on a CPU it runs eagerly over static buffers, which is slower there)")
     parser.add_argument("--no-compile", action="store_true",
@@ -95,10 +106,19 @@ def generation_settings(args):
     ).validate()
 
 
+def hardware_args(args=None) -> dict:
+    """load_target's hardware keywords: --cpu-kernels (else $BEAGLE_CPU_LINEAR), --cudnn-sdp (else
+    $BEAGLE_CUDNN_SDP=1). A bad value is load_target's one-line BeagleError."""
+    cpu_kernels = getattr(args, "cpu_kernels", None) or os.environ.get(CPU_KERNELS_ENV, "").strip().lower() or None
+    cudnn_sdp = bool(getattr(args, "cudnn_sdp", False)) or \
+        os.environ.get(CUDNN_SDP_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+    return {"cpu_kernels": cpu_kernels, "cudnn_sdp": cudnn_sdp}
+
+
 def load_target_from_args(args):
     from beagle.target_model.model import load_target
 
-    return load_target(args.target, dtype=args.dtype, device=args.device)
+    return load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
 
 
 def load_draft_from_args(args, target):
@@ -122,4 +142,5 @@ def build_generator(args):
 
     target = load_target_from_args(args)
     draft = load_draft_from_args(args, target)
-    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat, **decoding_path(args))
+    return SpeculativeGenerator(target, draft, tree_settings(args), concat=not args.no_concat,
+                                adaptive=not getattr(args, "no_adaptive", False), **decoding_path(args))

@@ -30,13 +30,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from beagle.errors import BeagleError
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
     from beagle.data.conversations import ChatDataset
     from beagle.data.features import DTYPES, estimate_disk_bytes, generate_features
 
     if args.shard_size <= 0:
         raise BeagleError("--shard-size must be positive")
-    target = load_target(args.target, dtype=args.dtype, device=args.device)
+    target = load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
     dataset = ChatDataset.from_file(args.data, target.tokenizer, args.max_length, progress=not args.no_progress)
     print(f"data: {dataset.report.summary()}", file=sys.stderr)
     if args.limit is not None:

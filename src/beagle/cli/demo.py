@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     questions = mt_bench_prompts(args.questions)
 
     from beagle.models.checkpoint import load_draft
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
 
     log = sys.stderr
     print(f"loading {args.target} (fetched on first use) and the draft {draft_path} ...", file=log, flush=True)
-    target = load_target(args.target, dtype=args.dtype, device=args.device)
+    target = load_target(args.target, dtype=args.dtype, device=args.device, **hardware_args(args))
     draft = load_draft(draft_path, target=target, dtype=args.draft_dtype)
     draft.set_vocab(demo_vocab(args.draft_vocab, draft, args.target))
     vocab = (f"draft vocabulary {draft.vocab.size} of {target.vocab_size} tokens" if draft.vocab is not None

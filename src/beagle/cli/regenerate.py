@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from beagle.errors import DataError
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
     from beagle.data.conversations import resolve_data_path
     from beagle.ranks import launched_by_torchrun, setup_distributed
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"no data file {args.data}")
     dist, device = setup_distributed(args.device, process_group=launched_by_torchrun())
     try:
-        target = load_target(args.target, dtype=args.dtype, device=str(device))
+        target = load_target(args.target, dtype=args.dtype, device=str(device), **hardware_args(args))
         report = regenerate_file(target, args.data, args.out, settings, dist, progress=not args.no_progress)
     finally:
         if dist.initialized and torch.distributed.is_initialized():

@@ -77,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
     destination_path(args.out)  # a symbolic link is refused before the (slow) loading
 
+    from beagle.cli.common import hardware_args
     from beagle.target_model.model import default_device, load_target
 
     device = args.device or (default_device() if args.regenerate else "cpu")
     log = sys.stderr
     print(f"loading {args.target} ...", file=log, flush=True)
-    target = load_target(args.target, dtype=args.dtype, device=device)
+    target = load_target(args.target, dtype=args.dtype, device=device, **hardware_args(args))
     vocab_size = int(target.vocab_size)
     report: dict = {"target": str(target.name), "target_vocab_size": vocab_size}
     if counting:

@@ -15,8 +15,11 @@ Two implementations of the round, chosen per generator:
 - the **fast path** (:mod:`beagle.decoding.fast`, the default on a GPU): all four phases at fixed shapes
   over static buffers, the target pass compiled, each phase replayed as a CUDA graph, one host read per
   round;
-- the **eager path** (the default on a CPU, ``fast=False`` / ``--eager`` elsewhere): the same algorithm with
-  growing caches and Python control flow, below.
+- the **eager path** (:mod:`beagle.decoding.eager`, the default on a CPU, ``fast=False`` / ``--eager``
+  elsewhere): the same algorithm with growing caches and Python control flow.
+
+Both are round states with the same three steps (``prefill``, ``round``, ``tail_step``), and
+:meth:`SpeculativeGenerator._rounds` is the one loop over them.
 
 Both give the target's own tokens (tests compare them in fp32). Batch size 1.
 """
@@ -30,15 +33,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from beagle.decoding.adaptive import AdaptivePolicy, measure_round_cost, plain_step
+from beagle.decoding.detokenize import IncrementalDetokenizer, StopStringScanner
+from beagle.decoding.eager import EagerState
 from beagle.decoding.fast import FastState
-from beagle.decoding.verify import FastVerifier
-from beagle.decoding.sampling import GenerationSettings, choose_tokens
+from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.stats import DecodeStats
-from beagle.decoding.tree import TreeSettings, build_tree, default_tree
-from beagle.decoding.verify import TreeVerifier
+from beagle.decoding.tree import TreeSettings, default_tree
+from beagle.decoding.verify import FastVerifier, TreeVerifier
 from beagle.errors import BeagleError
-from beagle.kernels.attention_backend import configure_attention
-from beagle.target_model.session import DynamicSession
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +61,25 @@ class SpeculativeGenerator:
     ``draft`` is given. ``tree`` sets the dynamic tree; ``concat=False`` is Beagle's no-concat mode.
 
     fast: the fixed-shape path (None = on a GPU only; on a CPU it runs eagerly over static buffers, which
-    is slower than the eager path there). ``static=True`` is the older name of ``fast=True``.
+    is slower than the eager path there).
     compile: ``torch.compile`` the fast path's target pass (None = on a GPU). graphs: capture the fast
     path's phases as CUDA graphs (None = on a GPU). The first call of a new capacity or sampling setting
     pays compilation/capture once (``warmup_seconds``).
+
+    adaptive: never slower than plain decoding (:mod:`beagle.decoding.adaptive`): the round's cost in plain steps
+    is measured once (at :meth:`reserve`, else before the first request), and a request whose rounds yield
+    fewer tokens than they cost continues with plain steps (``stats.mode == "fallback"``). ``adaptive=False``
+    speculates to the end (benchmarks of raw speculation). round_cost: a known round cost in plain steps
+    (skips the measurement).
     """
 
     def __init__(self, target, draft=None, tree: TreeSettings | None = None, concat: bool = True, verifier=None,
-                 static: bool = False, fast: bool | None = None, compile: bool | None = None,
+                 fast: bool | None = None, compile: bool | None = None,
                  graphs: bool | None = None, fast_verifier: FastVerifier | None = None,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", adaptive: bool = True, round_cost: float | None = None):
         self.target = target
         on_gpu = target.device.type == "cuda"
-        self.fast = bool(static) or (on_gpu if fast is None else bool(fast))
-        self.static = self.fast
+        self.fast = on_gpu if fast is None else bool(fast)
         self.compile = self.fast and (on_gpu if compile is None else bool(compile))
         self.graphs = self.fast and (on_gpu if graphs is None else bool(graphs))
         if self.graphs and not on_gpu:
@@ -80,7 +88,6 @@ class SpeculativeGenerator:
             logger.info("fast path without a GPU: the fixed-shape phases run eagerly over static buffers "
                         "(slower than the eager path on a CPU; same tokens)")
         self.compile_backend = compile_backend
-        configure_attention(target.device)  # cuDNN attention off on CUDA (beagle.kernels.attention_backend)
         self.verifier = verifier or TreeVerifier()
         self.fast_verifier = fast_verifier or FastVerifier()
         self.draft = draft
@@ -97,15 +104,27 @@ class SpeculativeGenerator:
         self.keep_last_cache = False  # tests inspect the target cache of the last call
         self.last_target_cache = None
         self._fast_state: FastState | None = None
+        self.adaptive = adaptive and draft is not None
+        self.round_cost_steps = round_cost  # C: a round's cost in plain steps (None: not measured yet)
+        self._fallback_logged = False
 
     def reserve(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Size the fast path's buffers for requests up to these lengths now and, with graphs or compilation,
-        pay every compilation and capture a request can meet (greedy and sampling, rounds and the tail
-        step), so that no later call compiles or captures (a no-op on the eager path)."""
-        if self.fast:
-            state = self._fast(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
-            if self.graphs or self.compile:
-                state.warm_up()  # compile and capture greedy and sampling, round and tail step, now
+        pay every compilation and capture a request can meet (each sampling mode, rounds, tail and plain
+        steps), so that no later call compiles or captures; and measure the round cost (adaptive) now,
+        outside any request."""
+        state = self._state(prompt_tokens, GenerationSettings(max_new_tokens=max_new_tokens))
+        if self.fast and (self.graphs or self.compile):
+            state.warm_up()
+        if self.adaptive and self.round_cost_steps is None:
+            self._measure_round_cost(state)
+
+    def _measure_round_cost(self, state) -> None:
+        cost = measure_round_cost(state, self.target.vocab_size, self.target.max_length, self.tree.depth)
+        self.round_cost_steps = cost.steps
+        logger.info("a speculative round costs %.2f plain steps (%.2f ms vs %.2f ms); below that many tokens per "
+                    "round a request continues without speculation", cost.steps, 1e3 * cost.round_seconds,
+                    1e3 * cost.step_seconds)
 
     @property
     def warmup_seconds(self) -> float:
@@ -131,31 +150,27 @@ class SpeculativeGenerator:
         return self.generate(self.target.encode_chat(messages), settings, **overrides)
 
     def stream(self, prompt_ids, settings: GenerationSettings | None = None, **overrides) -> Iterator[str]:
-        """Yield text chunks as tokens are accepted; ``self.last_stats`` holds the stats afterwards."""
+        """Yield text chunks as tokens are accepted; ``self.last_stats`` holds the stats afterwards. The chunks
+        concatenate to the text of all tokens (up to a stop string); each round decodes a few tokens only
+        (:mod:`beagle.decoding.detokenize`)."""
         settings = _settings(settings, overrides)
         stats = DecodeStats()
         self.last_stats = stats
-        tokens: list[int] = []
-        shown = 0
-        hold = max((len(s) for s in settings.stop), default=1) - 1
+        detokenizer = IncrementalDetokenizer(self.target.tokenizer)
+        scanner = StopStringScanner(settings.stop)
         for chunk in self._accepted_chunks(prompt_ids, settings, stats):
-            tokens.extend(chunk)
-            text = self._decode(tokens)
-            cut = _find_stop(text, settings.stop)
-            if cut is not None:
+            text, stopped = scanner.feed(detokenizer.push(chunk))
+            if text:
+                yield text
+            if stopped:
                 stats.stop_reason = "stop_string"
-                if cut > shown:
-                    yield text[shown:cut]
                 return
-            ready = len(text) - hold
-            while ready > shown and text[ready - 1] == "\ufffd":  # incomplete UTF-8 sequence
-                ready -= 1
-            if ready > shown:
-                yield text[shown:ready]
-                shown = ready
-        text = self._decode(tokens)
-        if len(text) > shown:
-            yield text[shown:]
+        text, stopped = scanner.feed(detokenizer.flush())
+        text += "" if stopped else scanner.finish()
+        if stopped:
+            stats.stop_reason = "stop_string"
+        if text:
+            yield text
 
     # --------------------------------------------------------- token rounds
     def _accepted_chunks(self, prompt_ids, settings: GenerationSettings, stats: DecodeStats) -> Iterator[list[int]]:
@@ -165,7 +180,7 @@ class SpeculativeGenerator:
         started = time.perf_counter()
         emitted = 0
         try:
-            rounds = self._rounds(prompt, settings, stats, lambda: settings.max_new_tokens - emitted)
+            rounds = self._rounds(prompt, settings, stats)
             for chunk in rounds:
                 chunk = chunk[: settings.max_new_tokens - emitted]
                 if not settings.ignore_eos:
@@ -186,40 +201,70 @@ class SpeculativeGenerator:
             _synchronize(self.target.device)
             stats.time_total = time.perf_counter() - started
 
-    def _rounds(self, prompt: list[int], settings, stats, remaining) -> Iterator[list[int]]:
+    def _rounds(self, prompt: list[int], settings, stats) -> Iterator[list[int]]:
+        """One loop for both paths over a round state (:class:`EagerState` or :class:`FastState`): prefill,
+        then rounds, then plain steps where a full-depth tree would pass the context limit. The fast path
+        keeps no timers in the loop (its phases' time is the total minus prefill; draft / verify stay 0)."""
         generator = None
         if not settings.greedy:
             generator = torch.Generator(device=self.target.device)
             generator.manual_seed(settings.seed if settings.seed is not None else torch.seed())
-        if self.fast:
-            return self._fast_rounds(prompt, settings, stats, generator)
-        return self._eager_rounds(prompt, settings, stats, remaining, generator)
-
-    def _fast_rounds(self, prompt: list[int], settings, stats, generator) -> Iterator[list[int]]:
-        """The fast path (:mod:`beagle.decoding.fast`): one host read per round, no timers in the loop
-        (the phases' time is the total minus prefill; ``time_draft`` / ``time_verify`` stay 0)."""
-        state = self._fast(len(prompt), settings)
-        self.last_target_cache = state.passes.cache if self.keep_last_cache else None
+        state = self._state(len(prompt), settings)
+        if self.adaptive and self.round_cost_steps is None:
+            self._measure_round_cost(state)
+        policy = AdaptivePolicy(self.round_cost_steps) if self.adaptive else None
+        stats.mode = "speculative" if self.draft is not None else "autoregressive"
+        stats.round_cost_steps = self.round_cost_steps
         clock = time.perf_counter()
-        token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
-        stats.target_passes += 1
-        stats.time_prefill += time.perf_counter() - clock  # includes the first token's host read
-        yield [token]
-        position = len(prompt)  # of the root token, the next input to the target
-        depth = 0 if self.draft is None else self.tree.depth
-        while True:
-            if position + depth >= self.target.max_length:  # a full tree would pass the context limit
-                yield [state.tail_step(settings, generator)]
-                stats.target_passes += 1
-                position += 1
-                continue
-            output = state.round(settings, generator)
+        try:
+            token = state.prefill(torch.tensor(prompt, device=self.target.device), settings, generator)
+            self.last_target_cache = _target_cache(state) if self.keep_last_cache else None
             stats.target_passes += 1
-            position += len(output.tokens)
-            if self.draft is not None:
-                stats.accept_lengths.append(len(output.tokens) - 1)
-                stats.tree_depths.append(output.tree_depth)
-            yield output.tokens
+            stats.time_prefill += time.perf_counter() - clock  # includes the first token's host read
+            yield [token]
+            position = len(prompt)  # of the root token, the next input to the target
+            depth = 0 if self.draft is None else self.tree.depth
+            while True:
+                if stats.mode == "fallback":
+                    token = plain_step(state, settings, generator)
+                    stats.target_passes += 1
+                    yield [token]
+                    continue
+                if position + depth >= self.target.max_length:  # a full tree would pass the context limit
+                    token = state.tail_step(settings, generator)
+                    stats.target_passes += 1
+                    position += 1
+                    yield [token]
+                    continue
+                output = state.round(settings, generator)
+                stats.target_passes += 1
+                position += len(output.tokens)
+                if self.draft is not None:
+                    stats.accept_lengths.append(len(output.tokens) - 1)
+                    stats.tree_depths.append(output.tree_depth)
+                yield output.tokens
+                if policy is not None:
+                    policy.observe(len(output.tokens))
+                    if policy.should_fall_back():
+                        self._fall_back(stats, policy, position - len(prompt) + 1)
+        finally:
+            timings = getattr(state, "timings", None)
+            if timings is not None:
+                stats.time_draft += timings["draft"]
+                stats.time_verify += timings["verify"]
+
+    def _fall_back(self, stats: DecodeStats, policy: AdaptivePolicy, emitted: int) -> None:
+        stats.mode, stats.fallback_at_token = "fallback", emitted
+        log = logger.debug if self._fallback_logged else logger.info
+        self._fallback_logged = True
+        log("speculation loses for this request (%.2f tokens per round after %d rounds, a round costs %.2f plain "
+            "steps): plain decoding from token %d on", policy.mean_tokens, policy.rounds, policy.round_cost_steps,
+            emitted)
+
+    def _state(self, prompt_length: int, settings: GenerationSettings) -> "EagerState | FastState":
+        if not self.fast:
+            return EagerState(self.target, self.draft, self.tree, self.concat, self.verifier)
+        return self._fast(prompt_length, settings)
 
     def _fast(self, prompt_length: int, settings: GenerationSettings) -> FastState:
         """The fast path's buffers, reused while the capacity fits (graphs are captured per state)."""
@@ -232,70 +277,6 @@ class SpeculativeGenerator:
                               self.concat, self.graphs, self.compile, self.fast_verifier, self.compile_backend)
             self._fast_state = state
         return state
-
-    def _eager_rounds(self, prompt: list[int], settings, stats, remaining, generator) -> Iterator[list[int]]:
-        target = self.target
-        device = target.device
-        session = DynamicSession(target)
-        self.last_target_cache = session.cache if self.keep_last_cache else None
-        prompt_tensor = torch.tensor([prompt], device=device)
-        clock = time.perf_counter()
-        hidden = session.prefill(prompt_tensor)
-        token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
-        stats.target_passes += 1
-        _synchronize(device)
-        stats.time_prefill += time.perf_counter() - clock
-        yield [token]
-        position = len(prompt)  # position of `token`, the next input to the target
-        if self.draft is None:
-            while True:
-                hidden = session.step(token)
-                token = int(choose_tokens(target.logits(hidden[:, -1]), settings, generator)[0])
-                stats.target_passes += 1
-                position += 1
-                yield [token]
-        draft = self.draft
-        clock = time.perf_counter()
-        draft_cache = draft.new_cache(capacity=len(prompt) + settings.max_new_tokens + 2 * self.tree.depth + 8)
-        draft_cache.concat = self.concat
-        with torch.no_grad():
-            root_hidden = draft.start_round(draft_cache, prompt_tensor[0], hidden[0], 0, token)
-        _synchronize(device)
-        stats.time_draft += time.perf_counter() - clock
-        while True:
-            clock = time.perf_counter()
-            max_depth = min(remaining() - 1, target.max_length - 1 - position)
-            with torch.no_grad():
-                tree = build_tree(draft, draft_cache, root_hidden, self.tree, max(max_depth, 1))
-            draft_cache.reset_tree()
-            _synchronize(device)
-            stats.time_draft += time.perf_counter() - clock
-
-            clock = time.perf_counter()
-            tree_tokens = tree.tokens.to(device)
-            inputs = torch.cat([torch.tensor([token], device=device), tree_tokens])
-            positions = position + torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
-            hidden = session.verify(inputs, positions, tree.ancestry().to(device))
-            verdict = self.verifier(tree, target.logits(hidden[0]), settings, generator)
-            keep = torch.tensor([0] + [node + 1 for node in verdict.path], device=device)
-            accepted_states = hidden[0, keep]  # before the next pass reuses a static output buffer
-            session.keep(keep)
-            stats.target_passes += 1
-            stats.accept_lengths.append(len(verdict.path))
-            stats.tree_depths.append(tree.depth)
-            _synchronize(device)
-            stats.time_verify += time.perf_counter() - clock
-
-            accepted = inputs[keep]
-            yield accepted[1:].tolist() + [verdict.bonus]
-
-            clock = time.perf_counter()
-            with torch.no_grad():
-                root_hidden = draft.start_round(draft_cache, accepted, accepted_states, position, verdict.bonus)
-            position += int(keep.shape[0])
-            token = verdict.bonus
-            _synchronize(device)
-            stats.time_draft += time.perf_counter() - clock
 
     # ------------------------------------------------------------- helpers
     def _check_lengths(self, prompt: list[int], settings: GenerationSettings) -> None:
@@ -348,6 +329,11 @@ def _as_list(prompt_ids) -> list[int]:
             prompt_ids = prompt_ids[0]
         return [int(t) for t in prompt_ids.tolist()]
     return [int(t) for t in prompt_ids]
+
+
+def _target_cache(state):
+    """The target KV cache a round state writes (tests compare it with an AR cache)."""
+    return state.target_cache if isinstance(state, EagerState) else state.passes.cache
 
 
 def _synchronize(device: torch.device) -> None:

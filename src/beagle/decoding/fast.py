@@ -246,6 +246,18 @@ class FastState:
         self.step_phase(settings)
         return int(self.out[0])
 
+    def plain_step(self, settings: GenerationSettings, generator) -> int:
+        """One plain (AR) step through this state at full speed: the captured ``step`` phase with CUDA graphs
+        (for a request that continues without speculation), else as :meth:`tail_step`."""
+        if not self.graphs:
+            return self.tail_step(settings, generator)
+        graphs = self._graphs(settings, ("step",))
+        if not settings.greedy:
+            self.uniforms[:1].copy_(torch.rand(1, generator=generator, device=self.device))
+            self.sampling.load(settings)
+        graphs["step"].replay()
+        return int(self.out[0])
+
     def warm_up(self) -> None:
         """Pay every compilation and capture a request could meet, now: a round and a tail step in each
         sampling mode (whose graphs then serve every temperature / top-k / top-p). Leaves the buffers
@@ -256,6 +268,8 @@ class FastState:
             self.prefill(torch.zeros(1, dtype=torch.long, device=self.device), settings, generator)
             self.round(settings, generator)
             self.tail_step(settings, generator)
+            if self.draft is not None:
+                self.plain_step(settings, generator)  # the step graph a request falling back to AR replays
 
     def _graphs(self, settings: GenerationSettings, phases) -> dict[str, torch.cuda.CUDAGraph]:
         key = (phases, settings.mode)  # the sampling settings themselves live in device tensors

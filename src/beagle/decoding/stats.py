@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 class DecodeStats:
     """new_tokens: tokens emitted; target_passes: target forwards (prefill included);
     accept_lengths: draft tokens accepted per verification round; tree_depths: drafted depth per round;
-    times in seconds (draft: drafting the trees, verify: target passes + acceptance, other: the rest)."""
+    times in seconds (draft: drafting the trees, verify: target passes + acceptance, other: the rest);
+    mode: "autoregressive" (no draft), "speculative", or "fallback" (speculation lost for this request and
+    it went on with plain steps from token ``fallback_at_token``); round_cost_steps: what a round costs in
+    plain steps (measured once per generator; None when not adaptive)."""
 
     new_tokens: int = 0
     target_passes: int = 0
@@ -20,6 +23,9 @@ class DecodeStats:
     time_prefill: float = 0.0
     time_total: float = 0.0
     stop_reason: str = ""
+    mode: str = ""
+    fallback_at_token: int | None = None
+    round_cost_steps: float | None = None
 
     @property
     def tau(self) -> float:
@@ -62,4 +68,7 @@ class DecodeStats:
                 "other": round(time_other, 5),
             },
             "stop_reason": self.stop_reason,
+            "mode": self.mode,
+            "fallback_at_token": self.fallback_at_token,
+            "round_cost_steps": None if self.round_cost_steps is None else round(self.round_cost_steps, 3),
         }

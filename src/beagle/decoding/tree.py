@@ -6,15 +6,32 @@ log-probability, form the next level. Every candidate ever scored joins a pool; 
 ``total_tokens`` best of the pool (global rerank) make the tree. A child's cumulative score
 never exceeds its parent's, and ties are broken towards shallower nodes, so the chosen set
 is closed under ancestry.
+
+Two properties the lossless verification rule relies on hold by construction, whatever the draft emits:
+
+- *closed under ancestry*: draft log-probabilities are clamped to ``[MIN_LOG_PROB, 0]`` with NaN read as
+  ``MIN_LOG_PROB`` (:func:`clamp_log_probs`), so a cumulative score is finite and never rises along a path.
+  (A NaN sorts above every number in ``topk``: a NaN child of an unchosen parent would join the tree attached
+  to the root at the wrong depth, and the target would verify it at the wrong position.)
+- *distinct siblings*: the children of one node are ``topk`` indices of one distribution (distinct), mapped to
+  target ids by the draft vocabulary's ascending, duplicate-free id list (injective).
+
+:func:`check_tree` checks both (host reads: tests and debugging, not the hot loop).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from beagle.errors import BeagleError
+
+
+# The floor of a draft log-probability in the tree: far below what a working draft gives, and a whole number
+# that float32 sums exactly over a thousand levels, so a path of floors still ranks strictly by depth.
+MIN_LOG_PROB = -1e4
 
 
 @dataclass
@@ -92,6 +109,29 @@ class DraftTree:
         return visible
 
 
+def clamp_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """Draft log-probabilities made safe to rank: NaN and -inf -> MIN_LOG_PROB, +inf -> 0, the rest clamped to
+    [MIN_LOG_PROB, 0]. Same shape; no host reads."""
+    return torch.nan_to_num(log_probs, nan=MIN_LOG_PROB, posinf=0.0, neginf=MIN_LOG_PROB).clamp(MIN_LOG_PROB, 0.0)
+
+
+def check_tree(tree: DraftTree) -> None:
+    """Raise AssertionError unless ``tree`` is well formed: parents precede children, depth = parent's depth + 1
+    (1 under the root), depths within ``max_depth``, scores finite and non-increasing along every path, and
+    siblings (children of one node) carry distinct tokens. Reads the tree on the host."""
+    parents, depths = tree.parents.tolist(), tree.depths.tolist()
+    tokens, scores = tree.tokens.tolist(), tree.scores.tolist()
+    seen: set[tuple[int, int]] = set()
+    for node, (parent, depth, token, score) in enumerate(zip(parents, depths, tokens, scores)):
+        assert -1 <= parent < node, f"node {node}: parent {parent} does not precede it"
+        assert depth == (1 if parent < 0 else depths[parent] + 1), f"node {node}: depth {depth}, parent {parent}"
+        assert 1 <= depth <= tree.max_depth, f"node {node}: depth {depth} outside 1..{tree.max_depth}"
+        assert math.isfinite(score), f"node {node}: score {score}"
+        assert parent < 0 or score <= scores[parent], f"node {node}: score above its parent's"
+        assert (parent, token) not in seen, f"node {node}: token {token} repeats a sibling's"
+        seen.add((parent, token))
+
+
 def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, max_depth: int | None = None) -> DraftTree:
     """Draft a dynamic tree from the root's draft state.
 
@@ -101,7 +141,7 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
     depth = min(settings.depth, max_depth) if max_depth is not None else settings.depth
     depth = max(depth, 1)
     top_k = settings.top_k
-    log_probs = torch.log_softmax(draft.draft_logits(root_hidden), dim=-1)[0]  # [N] (draft vocabulary)
+    log_probs = clamp_log_probs(torch.log_softmax(draft.draft_logits(root_hidden), dim=-1)[0])  # [N] (draft vocab)
     level_scores, level_tokens = torch.topk(log_probs, top_k)  # [k]
     level_tokens = draft.to_target_ids(level_tokens)
     device = level_tokens.device
@@ -114,7 +154,7 @@ def build_tree(draft, cache, root_hidden: torch.Tensor, settings: TreeSettings, 
     pool_size = top_k
     for level in range(2, depth + 1):
         hidden = draft.expand(cache, level_tokens, level_parents)  # states of the previous level's nodes
-        child_log_probs = torch.log_softmax(draft.draft_logits(hidden), dim=-1)  # [k, N]
+        child_log_probs = clamp_log_probs(torch.log_softmax(draft.draft_logits(hidden), dim=-1))  # [k, N]
         child_scores, child_tokens = torch.topk(child_log_probs, top_k, dim=-1)  # [k, k]
         child_tokens = draft.to_target_ids(child_tokens)
         cumulative = (level_scores[:, None] + child_scores).flatten()  # [k*k]

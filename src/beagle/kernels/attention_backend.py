@@ -6,41 +6,33 @@ shape at nearly every call: the key length grows each step, tree levels and veri
 query lengths, so decoding runs several times slower with it (measured side by side in
 ``docs/results/cudnn-h200``). The flash /
 memory-efficient kernels PyTorch uses instead have no such cost. So Beagle disables the cuDNN backend when
-it puts a target on a GPU (:func:`configure_attention`): a process-wide PyTorch switch, logged when it
-flips, the same for AR and speculative decoding and for training. Set ``BEAGLE_CUDNN_SDP=1`` to keep it.
+it puts a target on a GPU (``load_target(..., cudnn_sdp=False)`` calls :func:`configure_attention`): a
+process-wide PyTorch switch, logged when it flips, the same for AR and speculative decoding and for training.
+``cudnn_sdp=True`` keeps it (the CLI passes ``BEAGLE_CUDNN_SDP=1`` as that argument).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-ENV = "BEAGLE_CUDNN_SDP"
-
-
 def _supported() -> bool:
     return hasattr(torch.backends.cuda, "enable_cudnn_sdp") and hasattr(torch.backends.cuda, "cudnn_sdp_enabled")
 
 
-def cudnn_sdp_requested() -> bool:
-    """Whether the user asked to keep cuDNN attention (env ``BEAGLE_CUDNN_SDP=1``)."""
-    return os.environ.get(ENV, "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def configure_attention(device) -> None:
-    """On a CUDA ``device``: cuDNN SDPA off unless ``BEAGLE_CUDNN_SDP=1`` (no-op on other devices)."""
+def configure_attention(device, cudnn_sdp: bool = False) -> None:
+    """On a CUDA ``device``: PyTorch's cuDNN SDPA backend on or off as ``cudnn_sdp`` says (no-op elsewhere)."""
     if torch.device(device).type != "cuda" or not _supported():
         return
-    wanted = cudnn_sdp_requested()
+    wanted = bool(cudnn_sdp)
     if torch.backends.cuda.cudnn_sdp_enabled() != wanted:
         torch.backends.cuda.enable_cudnn_sdp(wanted)
-        logger.info("cuDNN attention %s (%s=%d)", "on" if wanted else "off: it re-plans every new attention shape",
-                    ENV, int(wanted))
+        logger.info("cuDNN attention %s", "on (cudnn_sdp=True)" if wanted
+                    else "off: it re-plans every new attention shape (cudnn_sdp=True keeps it)")
 
 
 @contextlib.contextmanager

@@ -4,8 +4,9 @@ about what a pass over one does.
 Speculative decoding on a CPU lives or dies by one number: what a target pass over a handful of tree
 tokens costs against a plain one-token step. PyTorch's stock CPU product (``x @ Wᵀ`` through MKL) reads
 float32 weights at a fraction of memory bandwidth for 2–64 rows, so a pass over 4 or 8 tokens costs well over a
-step (figures: ``docs/results/cpu-kernels.md``). Three kernels,
-chosen per process (``BEAGLE_CPU_LINEAR`` or :func:`use_kernel`):
+step (figures: ``docs/results/cpu-kernels.md``). Three kernels, chosen once per process when a target is loaded
+(``load_target(cpu_kernels=...)``, through :func:`beagle.kernels.cpu_kernels.install_cpu_kernels`;
+:func:`use_kernel` inside a block for benchmarks):
 
 - ``onednn`` (the default where PyTorch has oneDNN): the weight is re-laid-out once into oneDNN's blocked
   format (``torch.ops.mkldnn._reorder_linear_weight``, the same call ``torch.compile`` uses when it freezes a
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
+import logging
 import weakref
 
 import torch
@@ -37,7 +38,8 @@ from torch import nn
 
 from beagle.errors import BeagleError
 
-ENV = "BEAGLE_CPU_LINEAR"
+logger = logging.getLogger(__name__)
+
 KERNELS = ("onednn", "columns", "stock")
 CPU_SMALL_BATCH_ROWS = 64
 # ``columns`` row counts padded by one: 2 and 4 columns of W @ xᵀ beat 1 and 3 (docs/results/cpu-kernels.md).
@@ -57,37 +59,44 @@ def onednn_bf16_supported() -> bool:
     return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def kernel_from_environment() -> str:
-    """``BEAGLE_CPU_LINEAR`` (onednn | columns | stock); unset: onednn where available, else columns.
-    An unknown value raises BeagleError naming the choices."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if not value:
-        return "onednn" if onednn_available() else "columns"
-    if value not in KERNELS:
-        raise BeagleError(f"{ENV}={value!r} is not a CPU linear kernel; set it to one of {', '.join(KERNELS)}")
-    if value == "onednn" and not onednn_available():
-        return "columns"
-    return value
+def default_kernel() -> str:
+    """onednn where this PyTorch has it, else columns."""
+    return "onednn" if onednn_available() else "columns"
 
 
-_kernel: str | None = None  # resolved on first use, so a bad environment value fails where it is used
+def check_kernel(kernel: str) -> str:
+    """``kernel`` if this PyTorch can run it, else a one-line BeagleError naming the choices."""
+    if kernel not in KERNELS:
+        raise BeagleError(f"unknown CPU linear kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel == "onednn" and not onednn_available():
+        raise BeagleError("this PyTorch build has no oneDNN; use the 'columns' or 'stock' CPU linear kernel")
+    return kernel
+
+
+_kernel: str | None = None  # the process's kernel: set by select_kernel (load_target), else the default
 
 
 def current_kernel() -> str:
     global _kernel
     if _kernel is None:
-        _kernel = kernel_from_environment()
+        _kernel = default_kernel()
     return _kernel
+
+
+def select_kernel(kernel: str) -> None:
+    """Make ``kernel`` the process's CPU linear kernel (every installed layer reads it per call); logged."""
+    global _kernel
+    kernel = check_kernel(kernel)
+    if kernel != _kernel:
+        logger.info("CPU linear kernel: %s", kernel)
+    _kernel = kernel
 
 
 @contextlib.contextmanager
 def use_kernel(kernel: str):
     """Run the block with another CPU linear kernel (benchmarks and tests)."""
     global _kernel
-    if kernel not in KERNELS:
-        raise BeagleError(f"unknown CPU linear kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    if kernel == "onednn" and not onednn_available():
-        raise BeagleError("this PyTorch build has no oneDNN; use the 'columns' or 'stock' CPU linear kernel")
+    check_kernel(kernel)
     previous, _kernel = current_kernel(), kernel
     try:
         yield

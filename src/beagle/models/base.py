@@ -24,15 +24,13 @@ from torch import nn
 from beagle.errors import BeagleError
 from beagle.models.config import DraftConfig
 from beagle.models.draft_cache import DraftCache
-from beagle.kernels.cpu_linear import cpu_linear, install_cpu_linear
 from beagle.vocab.core import DraftVocab, load_vocab
 
 
-def _head_product(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32.
-
-    On a CPU in float32 the product runs :func:`beagle.kernels.cpu_linear.cpu_linear`."""
-    return cpu_linear(hidden.to(weight.dtype), weight, bias).float()
+def _head_product(linear, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """LM-head rows on states: hidden [..., d], weight [R, d], bias [R] | None -> [..., R] float32, through
+    ``linear`` (``nn.functional.linear``, or the target's CPU kernel once bound)."""
+    return linear(hidden.to(weight.dtype), weight, bias).float()
 
 
 class DraftModel(nn.Module):
@@ -46,16 +44,22 @@ class DraftModel(nn.Module):
         self._shared: tuple[nn.Embedding, nn.Linear] | None = None
         self._vocab = None  # beagle.vocab.DraftVocab, or None: the target's full vocabulary
         self._vocab_head: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
+        self._linear = nn.functional.linear  # the LM-head product; the target's CPU kernel once bound
 
     # ---------------------------------------------------------- target parts
     def bind_target(self, target) -> "DraftModel":
         """Share the target's embedding and LM head (frozen; not parameters of the draft); with a draft
-        vocabulary, gather its rows of the head once (see :meth:`set_vocab`)."""
+        vocabulary, gather its rows of the head once (see :meth:`set_vocab`). A target with CPU kernels
+        (``target.cpu_kernels``, chosen by ``load_target``) hands them to the draft: its layers and head products
+        run them on a CPU."""
         self.config.check_target(target.fingerprint())
         self._shared = (target.embed, target.lm_head)
         self._gather_vocab_rows()
-        if self.device.type == "cpu":
-            install_cpu_linear(self)
+        kernels = getattr(target, "cpu_kernels", None)
+        self._linear = nn.functional.linear
+        if kernels is not None and self.device.type == "cpu":
+            kernels.install(self)
+            self._linear = kernels.linear
         return self
 
     def _parts(self) -> tuple[nn.Embedding, nn.Linear]:
@@ -74,7 +78,7 @@ class DraftModel(nn.Module):
         """Target LM head on draft states: [..., d] -> [..., V] float32 (gradient flows to hidden).
         The full head whatever the draft vocabulary (training losses need the whole distribution)."""
         head = self._parts()[1]
-        return _head_product(hidden, head.weight, head.bias)
+        return _head_product(self._linear, hidden, head.weight, head.bias)
 
     # ------------------------------------------------------ draft vocabulary
     # Drafting proposes tokens through draft_logits and to_target_ids only. Without a draft vocabulary they
@@ -143,7 +147,7 @@ class DraftModel(nn.Module):
         if self._vocab is None:
             return self.logits(hidden)
         weight, bias, _ = self._vocab_rows()
-        return _head_product(hidden, weight, bias)
+        return _head_product(self._linear, hidden, weight, bias)
 
     def to_target_ids(self, indices: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary indices [...] (long, on the head's device) -> target token ids [...]

@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from beagle.assets import shipped
 from beagle.errors import BeagleError
 from beagle.files import atomic_folder, destination_path
-from beagle.kernels import cpu_linear
 from beagle.models.config import DraftConfig
 from beagle.models.registry import draft_class
 from beagle.vocab.core import VOCAB_FILE_NAME, DraftVocab
@@ -104,9 +103,11 @@ def inference_draft_dtype(target) -> torch.dtype:
     """The dtype a draft drafts fastest in next to ``target``: bfloat16 beside a float32 target on a CPU whose
     oneDNN runs bf16 natively (AVX512-BF16 / AMX) with the oneDNN linear kernel (half the bytes per draft
     step; measured in docs/results/cpu-paths.md), else the target's dtype. Output stays the target's either
-    way: the draft only proposes; the float32 target verifies."""
-    if (target.device.type == "cpu" and target.dtype == torch.float32 and cpu_linear.current_kernel() == "onednn"
-            and cpu_linear.onednn_bf16_supported()):
+    way: the draft only proposes; the float32 target verifies. The kernels are the target's
+    (``target.cpu_kernels``, chosen by ``load_target``)."""
+    kernels = getattr(target, "cpu_kernels", None)
+    if (target.device.type == "cpu" and target.dtype == torch.float32 and kernels is not None
+            and kernels.drafts_in_bf16):
         return torch.bfloat16
     return target.dtype
 

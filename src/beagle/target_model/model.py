@@ -60,13 +60,9 @@ class TargetModel:
         self.lm_head: nn.Linear = model.get_output_embeddings()
         if self.lm_head is None:
             raise BeagleError(f"target {self.name!r} has no LM head (get_output_embeddings() is None)")
-        if self.device.type == "cpu":
-            from beagle.kernels.cpu_attention import use_cpu_gqa_attention
-            from beagle.kernels.cpu_linear import install_cpu_linear
-
-            # Tree verification on a CPU: see beagle.kernels.cpu_linear and beagle.kernels.cpu_attention.
-            install_cpu_linear(self.model)
-            use_cpu_gqa_attention(self.model)
+        # The CPU kernels installed on this target (beagle.kernels.cpu_kernels.install_cpu_kernels, which
+        # load_target calls); None = stock. A draft bound to the target installs the same on itself.
+        self.cpu_kernels = None
 
     # ----------------------------------------------------------------- facts
     @property
@@ -285,16 +281,26 @@ def load_target(
     dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     attn_implementation: str = "sdpa",
+    cpu_kernels: str | None = None,
+    cudnn_sdp: bool = False,
 ) -> TargetModel:
     """Load a HF causal LM folder or hub id (``"smollm2"`` resolves to the fetched SmolLM2-135M-Instruct).
 
     Returns a :class:`TargetModel` on ``device`` (default: CUDA if available) in ``dtype``
-    (default: bf16 on CUDA, fp32 on CPU), with its tokenizer and chat template.
+    (default: bf16 on CUDA, fp32 on CPU), with its tokenizer and chat template. The hardware is chosen here,
+    once: cpu_kernels (on a CPU): ``"onednn"``, ``"columns"``, ``"stock"`` or None / ``"auto"``
+    (:mod:`beagle.kernels.cpu_kernels`); cudnn_sdp (on a GPU): keep PyTorch's cuDNN attention
+    (:mod:`beagle.kernels.attention_backend`; off by default). A bad choice is a BeagleError before loading.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from beagle.kernels.attention_backend import configure_attention
+    from beagle.kernels.cpu_kernels import install_cpu_kernels, resolve_cpu_kernels
+
     device = check_device(device) or default_device()
+    if torch.device(device).type == "cpu":
+        resolve_cpu_kernels(cpu_kernels)  # fail before the weights load
     path = _resolve_name(name_or_path)
     check_model_folder(name_or_path, path)
     torch_dtype = resolve_dtype(dtype, device)
@@ -314,10 +320,10 @@ def load_target(
     except (OSError, ValueError) as error:
         logger.warning("no tokenizer for %s (%s); token ids only", path, error)
         tokenizer = None
-    from beagle.kernels.attention_backend import configure_attention
-
-    configure_attention(device)
-    return TargetModel(model.to(device), tokenizer, name=name_or_path)
+    configure_attention(device, cudnn_sdp)
+    target = TargetModel(model.to(device), tokenizer, name=name_or_path)
+    install_cpu_kernels(target, cpu_kernels)
+    return target
 
 
 def _resolve_name(name_or_path: str) -> str:
