@@ -2,7 +2,7 @@
 
 One round, four phases, each its own captured unit over the buffers of :class:`FastState`::
 
-    draft   build_tree over a StaticDraftCache  -> tree tokens / parents / depths, ancestry [N+1, N+1]
+    draft   build_tree over a FastDraftCache  -> tree tokens / parents / depths, ancestry [N+1, N+1]
     verify  one compiled target pass over [root, tree]  -> the target's choice at every node
     accept  accept_on_device: the accepted path (padded to P = D+1 rows, with its count), the bonus token;
             the target cache keeps the path (compaction); the length advances
@@ -33,12 +33,12 @@ import torch
 from beagle.decoding.sampling import GenerationSettings, SamplingTensors
 from beagle.decoding.tree import DraftTree, TreeSettings, build_tree
 from beagle.decoding.verify import FastVerifier
-from beagle.models.draft_cache import StaticDraftCache
-from beagle.target_model.fixed_passes import FixedShapeTarget
+from beagle.models.draft_cache import FastDraftCache
+from beagle.target_model.fast_passes import FastTargetPasses
 
 logger = logging.getLogger(__name__)
 
-# Phases compiled besides the target pass (which FixedShapeTarget compiles once per token count).
+# Phases compiled besides the target pass (which FastTargetPasses compiles once per token count).
 COMPILED_PHASES = ("draft", "accept", "commit")
 # TorchDynamo recompiles a function for each new shape it sees, up to a limit (8 by default) past which it
 # silently runs it uncompiled. Target passes of a few token counts at a few capacities (which double), in both
@@ -77,7 +77,7 @@ class FastState:
         self.tree = tree
         self.graphs = graphs
         self.verifier = verifier
-        self.passes = FixedShapeTarget.for_target(target, capacity, compile=compile, compile_backend=compile_backend)
+        self.passes = FastTargetPasses.for_target(target, capacity, compile=compile, compile_backend=compile_backend)
         self.capacity = self.passes.capacity
         device = self.device = target.device
         self.length = torch.zeros(1, dtype=torch.long, device=device)  # tokens in the target cache = root position
@@ -99,7 +99,7 @@ class FastState:
         self.nodes = min(tree.total_tokens, tree.max_nodes())
         self.rows = min(depth, self.nodes) + 1  # P
         tree_slots = depth * tree.top_k + 1  # ≥ both drafts' tree entries: 1 + k(D-2) (Beagle), k(D-1) (EAGLE-2)
-        self.draft_cache = StaticDraftCache(draft.config.num_key_value_heads, draft.config.head_dim, draft.device,
+        self.draft_cache = FastDraftCache(draft.config.num_key_value_heads, draft.config.head_dim, draft.device,
                                             draft.dtype, self.capacity, tree_slots)
         self.draft_cache.concat = concat
         hidden_size = target.hidden_size

@@ -11,7 +11,7 @@ holds true entries only.
 
 ``ancestors[i, j]`` says whether node ``i`` of the current tree level sees tree entry ``j``.
 
-:class:`StaticDraftCache` keeps the same interface at fixed shapes (the fast path, CUDA-graph
+:class:`FastDraftCache` keeps the same interface at fixed shapes (the fast path, CUDA-graph
 capturable): the committed length and the root position live in device tensors, commits are padded
 to a fixed count with the real count in a tensor, the tree entries go to fixed slots after the
 committed capacity, and attention always runs over the whole store with a mask.
@@ -124,7 +124,7 @@ class DraftCache:
         self.ancestors = torch.zeros(1, 0, dtype=torch.bool, device=self.keys.device)
 
 
-class StaticDraftCache(DraftCache):
+class FastDraftCache(DraftCache):
     """The draft cache at fixed shapes, for the fast path.
 
     Store: ``[1, KV, capacity + tree_slots, hd]``: committed entries in ``[0, capacity)`` (the first

@@ -1,7 +1,7 @@
 """One generation's target passes on the eager path: prefill, one-token steps, tree verification, keeping
 the accepted path, over a transformers ``DynamicCache`` that grows by each pass's tokens.
 
-The fast path's fixed-shape passes live in :mod:`beagle.target_model.fixed_passes`.
+The fast path's fixed-shape passes live in :mod:`beagle.target_model.fast_passes`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Layout: one store ``[L, 2, 1, KV, capacity, hd]`` for all layers (allocated on the first write and never
 reallocated, so addresses stay fixed); layer l's keys / values are the views ``store[l, 0]`` / ``store[l, 1]``
 (``[1, KV, capacity, hd]``). One tensor lets the fast path move accepted entries of every layer with one
-gather and one scatter (:meth:`~beagle.target_model.fixed_passes.FixedShapeTarget.keep`). A forward writes its T new entries at ``cache.write_positions``
+gather and one scatter (:meth:`~beagle.target_model.fast_passes.FastTargetPasses.keep`). A forward writes its T new entries at ``cache.write_positions``
 ([T] long, set by the caller; a captured CUDA graph keeps reading the tensor it was captured with) and
 attends over all ``capacity`` slots: the caller's 4-D additive mask hides the slots that are not (yet)
 part of the sequence. Stale slots hold finite values from earlier writes (or zeros), so a hidden slot
@@ -19,12 +19,12 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class _StaticLayer(CacheLayerMixin):
+class _FastLayer(CacheLayerMixin):
     is_compileable = True
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, owner: "StaticKVCache", index: int):
+    def __init__(self, owner: "FastKVCache", index: int):
         super().__init__()
         self.owner = owner
         self.index = index
@@ -62,7 +62,7 @@ class _StaticLayer(CacheLayerMixin):
         return self.owner.capacity
 
 
-class StaticKVCache(Cache):
+class FastKVCache(Cache):
     """capacity slots for ``num_layers`` layers. ``length``: the entries that belong to the sequence
     (kept by the caller); ``write_positions``: [T] long slots of the next forward's T entries."""
 
@@ -71,7 +71,7 @@ class StaticKVCache(Cache):
         self.length = 0
         self.write_positions = torch.zeros(1, dtype=torch.long, device=device)
         self.store: torch.Tensor | None = None  # [L, 2, 1, KV, capacity, hd], on the first write
-        super().__init__(layers=[_StaticLayer(self, index) for index in range(num_layers)])
+        super().__init__(layers=[_FastLayer(self, index) for index in range(num_layers)])
 
     def allocate(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor:
         """The store for every layer, shaped from the first layer's first write ([1, KV, T, hd] each)."""

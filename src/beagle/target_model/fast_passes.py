@@ -5,7 +5,7 @@ given in a tensor and attends over the whole cache through a 4-D mask built on t
 tensor, so nothing in it depends on a host value. Such a pass can be compiled once per token count
 (``torch.compile``, inductor) and captured in a CUDA graph by the caller (:mod:`beagle.decoding.fast`).
 
-One :class:`FixedShapeTarget` per target at a time (reused across generations and generators): its cache
+One :class:`FastTargetPasses` per target at a time (reused across generations and generators): its cache
 and its compiled pass, compiled on first use of each token count. A larger capacity replaces it (capacities
 double, so a long-running process recompiles a few times at most); callers that know their largest request
 reserve it up front (:meth:`beagle.decoding.engine.SpeculativeGenerator.reserve`).
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from beagle.target_model.static_cache import StaticKVCache
+from beagle.target_model.fast_cache import FastKVCache
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def capacity_for(needed: int) -> int:
     return -(-needed // CAPACITY_STEP) * CAPACITY_STEP
 
 
-class FixedShapeTarget:
+class FastTargetPasses:
     """Fixed-capacity passes of ``target`` (a :class:`~beagle.target_model.model.TargetModel`).
 
     capacity: cache slots; compile: ``torch.compile`` the pass (one compilation per token count);
@@ -41,7 +41,7 @@ class FixedShapeTarget:
         self.target = target
         self.capacity = int(capacity)
         self.device = target.device
-        self.cache = StaticKVCache(target.num_layers, self.capacity, self.device)
+        self.cache = FastKVCache(target.num_layers, self.capacity, self.device)
         self.slots = torch.arange(self.capacity, device=self.device)
         self.min_value = torch.finfo(target.dtype).min
         self._cache_position = "cache_position" in inspect.signature(target.decoder.forward).parameters
@@ -53,7 +53,7 @@ class FixedShapeTarget:
         self._initialize_cache()
 
     @classmethod
-    def for_target(cls, target, needed: int, compile: bool, compile_backend: str = "inductor") -> "FixedShapeTarget":
+    def for_target(cls, target, needed: int, compile: bool, compile_backend: str = "inductor") -> "FastTargetPasses":
         """The target's instance if it holds ``needed`` slots with the same compile setting, else a new one
         (at least twice the old capacity)."""
         current = getattr(target, "_beagle_fixed_passes", None)
