@@ -1,4 +1,4 @@
-"""vLLM tests: real vLLM on the CPU (no mocks), SmolLM2-135M-Instruct fp32 as the target, the shipped drafts
+"""vLLM tests (the folder is not named ``vllm``: on sys.path it would shadow the package): real vLLM on the CPU (no mocks), SmolLM2-135M-Instruct fp32 as the target, the shipped drafts
 exported with `beagle export --format vllm`. Skipped where vLLM is not installed (the main suite's
 environment); `.ci/vllm` builds the environment and runs them.
 
@@ -12,7 +12,8 @@ import os
 
 import pytest
 
-pytest.importorskip("vllm", reason="vLLM is not installed here (run .ci/vllm for the vLLM tests)")
+# Each test module skips itself without vLLM (pytest.importorskip); nothing here imports vLLM at import time.
+VLLM_MISSING = "vLLM is not installed here (run .ci/vllm for the vLLM tests)"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process

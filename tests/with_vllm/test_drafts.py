@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import SPECULATIVE_TOKENS, close_llm, greedy_ids, make_llm, spec_metrics
+from tests.with_vllm.conftest import SPECULATIVE_TOKENS, VLLM_MISSING, close_llm, greedy_ids, make_llm, spec_metrics
+
+pytest.importorskip("vllm", reason=VLLM_MISSING)
 
 
 def _install_capture(worker):

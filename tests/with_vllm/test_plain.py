@@ -1,6 +1,10 @@
 """Plain vLLM (no draft) on the CPU decodes SmolLM2 greedily exactly as HF transformers does (fp32)."""
 
-from conftest import close_llm, greedy_ids, make_llm
+import pytest
+
+from tests.with_vllm.conftest import VLLM_MISSING, close_llm, greedy_ids, make_llm
+
+pytest.importorskip("vllm", reason=VLLM_MISSING)
 
 
 def test_plain_vllm_greedy_equals_hf(target_path, prompt_ids, hf_greedy, tokenizer):

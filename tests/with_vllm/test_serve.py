@@ -14,7 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import MAX_TOKENS, SPECULATIVE_TOKENS
+from tests.with_vllm.conftest import MAX_TOKENS, SPECULATIVE_TOKENS, VLLM_MISSING
+
+pytest.importorskip("vllm", reason=VLLM_MISSING)
+
 
 CLIENTS = 8
 
