@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = [
     "train",
     "bench",
     "serve",
+    "export",
 ]
 
 
