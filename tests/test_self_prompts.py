@@ -12,7 +12,8 @@ from beagle.data.prompt_filters import PromptFilter, PromptSelector, jaccard, no
 from beagle.data.regenerate import RegenerateSettings, regenerate_file
 from beagle.data.self_prompts import SelfPromptSettings, self_prompts_file, user_turn_prefix
 from beagle.errors import DataError
-from test_training_support import LLAMA2_TEMPLATE, conversations, tiny_chat_target, tiny_tokenizer, write_jsonl
+from test_training_support import (LLAMA2_TEMPLATE, conversations, tiny_chat_target, tiny_model, tiny_tokenizer,
+                                   write_jsonl)
 
 # a tiny target that ends its (random-word) user turns with <|im_end|> now and then
 SETTINGS = SelfPromptSettings(count=6, batch_size=8, max_prompt_tokens=12, temperature=1.0, top_p=1.0, seed=3,
@@ -224,6 +225,29 @@ def test_pipeline_into_regenerate_and_train(tmp_path, target):
 
     dataset = ChatDataset.from_file(answers, target.tokenizer, max_length=64)
     assert len(dataset) == report.written  # every answered prompt trains
+
+
+def test_cli_pipeline_without_a_dataset(tmp_path, capsys):
+    # the documented commands: self-prompts -> regenerate -> train, on a tiny saved target
+    folder = tmp_path / "tiny-target"
+    tokenizer = tiny_tokenizer()
+    tiny_model(len(tokenizer), seed=0, initializer_range=0.1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    prompts, answers, draft = tmp_path / "p.jsonl", tmp_path / "r.jsonl", tmp_path / "draft"
+    common = ["--target", str(folder), "--device", "cpu", "--no-progress"]
+    assert main(["self-prompts", *common, "--count", "8", "--out", str(prompts), "--batch-size", "8",
+                 "--max-prompt-tokens", "12", "--min-chars", "2", "--top-p", "1", "--max-samples", "400"]) == 0
+    captured = capsys.readouterr()
+    assert "8 prompts kept (of 8 wanted)" in captured.err and "prompts written to" in captured.out
+    assert len(read_lines(prompts)) == 8
+    assert main(["self-prompts", *common, "--count", "8", "--out", str(prompts)]) == 0  # exists: nothing to do
+    assert "nothing to do" in capsys.readouterr().err
+    assert main(["regenerate", *common, "--data", str(prompts), "--out", str(answers), "--max-new-tokens", "8"]) == 0
+    assert len(read_lines(answers)) > 4
+    assert main(["train", *common, "--data", str(answers), "--out", str(draft), "--max-steps", "2",
+                 "--epochs-stage1", "1", "--epochs-stage2", "1", "--batch-size", "2", "--warmup", "1", "--heldout",
+                 "1", "--window", "3", "--sim-steps", "2", "--eval-depth", "2", "--no-tensorboard"]) == 0
+    assert (draft / "config.json").is_file()
 
 
 def test_cli_errors_are_one_line(capsys):
