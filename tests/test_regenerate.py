@@ -123,7 +123,7 @@ def test_malformed_records_are_counted_and_skipped(tmp_path, target):
     path.write_text("\n".join([
         json.dumps(good),
         "{not json",
-        json.dumps({"messages": [{"role": "user", "content": "w1"}]}),  # no assistant turn
+        json.dumps({"messages": [{"role": "user", "content": "w1"}]}),  # a prompt only: answered
         json.dumps({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "w1"}]}),
         json.dumps({"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1]}),  # no text to regenerate
         json.dumps(leading),
@@ -132,13 +132,14 @@ def test_malformed_records_are_counted_and_skipped(tmp_path, target):
     out = tmp_path / "out.jsonl"
     report = regenerate_file(target, path, out, RegenerateSettings(max_new_tokens=4, max_length=30, batch_size=2))
     assert report.source.total == 7
-    assert dict(report.source.skipped) == {"invalid_json": 1, "no_assistant_turn": 1, "empty_turn": 1}
+    assert dict(report.source.skipped) == {"invalid_json": 1, "empty_turn": 1}
     assert dict(report.dropped) == {"pretokenized": 1, "max_length": 1}
     lines = read_lines(out)
-    assert [line["index"] for line in lines] == [0, 5]
-    assert [m["role"] for m in lines[1]["messages"]] == ["user", "assistant"]  # the leading answer is gone
-    assert lines[1]["messages"][0]["content"] == "w4"
-    assert "2 dropped" in report.summary() and "3 malformed" in report.summary()
+    assert [line["index"] for line in lines] == [0, 2, 5]
+    assert [m["role"] for m in lines[1]["messages"]] == ["user", "assistant"]  # the prompt got its answer
+    assert [m["role"] for m in lines[2]["messages"]] == ["user", "assistant"]  # the leading answer is gone
+    assert lines[2]["messages"][0]["content"] == "w4"
+    assert "2 dropped" in report.summary() and "2 malformed" in report.summary()
 
 
 def test_limit_turns_and_time_budget(tmp_path, target, data, monkeypatch):

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "generate",
     "chat",
     "demo",
+    "self_prompts",
     "regenerate",
     "datagen",
     "vocab",

@@ -187,10 +187,11 @@ def _stream_json_list(text: str, path: Path) -> Iterator[object]:
         yield record
 
 
-def normalize_record(record: object) -> list[dict] | dict:
+def normalize_record(record: object, require_answer: bool = True) -> list[dict] | dict:
     """A raw record -> OpenAI-style messages [{"role", "content"}] (or the pre-tokenized dict).
 
-    Raises MalformedRecord for anything not usable as is.
+    Raises MalformedRecord for anything not usable as is; ``require_answer=False`` also accepts a
+    conversation without an assistant turn (a prompt for ``beagle regenerate`` to answer).
     """
     if isinstance(record, MalformedRecord):
         raise record
@@ -221,7 +222,7 @@ def normalize_record(record: object) -> list[dict] | dict:
         if not content.strip():
             raise MalformedRecord("empty_turn")
         messages.append({"role": ROLE_ALIASES[role.lower()], "content": content})
-    if not any(message["role"] == "assistant" for message in messages):
+    if require_answer and not any(message["role"] == "assistant" for message in messages):
         raise MalformedRecord("no_assistant_turn")
     return messages
 
@@ -369,15 +370,16 @@ def _truncate(ids: np.ndarray, mask: np.ndarray, max_length: int) -> tuple[Examp
     return Example(ids.astype(np.int32), mask.astype(bool)), truncated
 
 
-def load_conversations(path: str | os.PathLike, report: DataReport | None = None) -> list[tuple[int, object]]:
+def load_conversations(path: str | os.PathLike, report: DataReport | None = None,
+                       require_answer: bool = True) -> list[tuple[int, object]]:
     """Normalized records of a file: [(record index, messages or pre-tokenized dict)]; malformed ones
-    are counted in ``report`` and skipped."""
+    are counted in ``report`` and skipped (``require_answer``: as in :func:`normalize_record`)."""
     report = report if report is not None else DataReport()
     records = []
     for index, raw in enumerate(read_records(path)):
         report.total += 1
         try:
-            records.append((index, normalize_record(raw)))
+            records.append((index, normalize_record(raw, require_answer)))
         except MalformedRecord as error:
             report.skip(error.reason)
             logger.debug("record %d skipped: %s", index, error)

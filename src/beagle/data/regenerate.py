@@ -6,7 +6,8 @@ A draft proposes continuations of the *target's* text, so it learns best from th
 regenerate`` writes the result once as JSONL (``{"index", "messages"}``, OpenAI-style messages, read by
 ``beagle train --data`` and ``beagle datagen``); ``beagle train --regenerate`` runs the same code into a cache.
 
-Per conversation: assistant turns before the first user turn are dropped; a turn is regenerated while its
+Per conversation: assistant turns before the first user turn are dropped; a conversation without an
+assistant turn (a prompt, e.g. of ``beagle self-prompts``) gets one answer after its messages; a turn is regenerated while its
 prompt is shorter than ``max_length`` tokens (the training length: what lies beyond is truncated away
 anyway) and its answer gets at most ``min(max_new_tokens, max_length - prompt)`` tokens; ``max_turns``
 keeps the first N answers. The conversation ends before a turn that cannot start (and after an empty
@@ -157,6 +158,8 @@ class Conversation:
             seen_user = seen_user or message["role"] == "user"
             if seen_user or message["role"] != "assistant":
                 self.pending.append(dict(message))
+        if seen_user and all(message["role"] != "assistant" for message in self.pending):
+            self.pending.append({"role": "assistant", "content": ""})  # a prompt only: it gets one answer
 
     def next_prompt(self, tokenizer, settings: RegenerateSettings, context: int) -> tuple[list[int], int] | None:
         """(prompt token ids, token budget) of the next assistant turn, or None when the conversation is over."""
@@ -343,7 +346,7 @@ def regenerate_file(
         raise DataError(f"regenerating answers needs the target's tokenizer with a chat template ({target.name!r} "
                         "has none)")
     path = resolve_data_path(data)
-    records = load_conversations(path, report.source)
+    records = load_conversations(path, report.source, require_answer=False)
     if settings.limit is not None:
         records = records[: settings.limit]
     report.conversations = len(records)
