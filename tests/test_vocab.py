@@ -245,7 +245,7 @@ def test_greedy_equality_with_a_draft_vocabulary(family):
         draft = build_draft(target, arch).set_vocab(vocab)
         for index, prompt in enumerate(prompts):
             tree = trees[index % len(trees)]
-            speculative = SpeculativeGenerator(target, draft, tree, concat=index % 2 == 0 or arch == "eagle2")
+            speculative = SpeculativeGenerator(target, draft, tree, concat=index % 2 == 0 or arch == "eagle2", adaptive=False)
             assert speculative.generate(prompt, _greedy()).token_ids == plain.generate(prompt, _greedy()).token_ids
 
 
@@ -263,11 +263,11 @@ def test_greedy_equality_with_deep_acceptance_through_a_vocabulary(arch):
         taus = []
         for prompt in prompts:
             expected = plain.generate(prompt, _greedy(30)).token_ids
-            out = SpeculativeGenerator(target, draft, tree).generate(prompt, _greedy(30))
+            out = SpeculativeGenerator(target, draft, tree, adaptive=False).generate(prompt, _greedy(30))
             assert out.token_ids == expected
             taus.append(out.stats.tau)
             # tokens outside the vocabulary are never proposed, so those steps are never accepted
-            assert SpeculativeGenerator(target, full, tree).generate(prompt, _greedy(30)).stats.tau >= out.stats.tau
+            assert SpeculativeGenerator(target, full, tree, adaptive=False).generate(prompt, _greedy(30)).stats.tau >= out.stats.tau
         assert max(taus) > 1.5  # inside the vocabulary the oracle still accepts deep paths
 
 
@@ -278,7 +278,7 @@ def test_sampling_with_a_draft_vocabulary_matches_the_target_distribution():
     target = make_tiny_target("llama", vocab_size=VOCAB, seed=11, num_hidden_layers=1)
     draft = oracle_draft(target, "beagle", noise=0.3, seed=1).set_vocab(DraftVocab(torch.tensor([0, 2, 3, 4])))
     settings = GenerationSettings(max_new_tokens=LENGTH, temperature=1.0, ignore_eos=True)
-    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6))
+    generator = SpeculativeGenerator(target, draft, TreeSettings(depth=3, top_k=2, total_tokens=6), adaptive=False)
     counts = sample_counts(generator, settings, samples=8_000)
     joint = exact_joint(target, settings)
     assert counts[1].sum() > 0 and counts[:, 5].sum() > 0  # tokens outside the vocabulary are sampled too
@@ -396,7 +396,7 @@ def test_apply_a_vocabulary_to_an_existing_draft(tmp_path, capsys):
     # speculative output with the applied vocabulary equals plain decoding
     plain = SpeculativeGenerator(target)
     prompt = [5, 9, 14, 3]
-    assert SpeculativeGenerator(target, loaded, TreeSettings(3, 4, 10)).generate(prompt, _greedy()).token_ids == \
+    assert SpeculativeGenerator(target, loaded, TreeSettings(3, 4, 10), adaptive=False).generate(prompt, _greedy()).token_ids == \
         plain.generate(prompt, _greedy()).token_ids
 
 

@@ -14,7 +14,7 @@ AdamW) on random tokens and random "top states" of --length tokens, batch --batc
 
 Reported per (method, s): peak CUDA memory allocated during a step minus what was allocated before it
 (weights, optimizer state and inputs excluded), the absolute peak, and the median step time.
-Also, on any device, the autograd saved-tensor peak (beagle.training.objectives.peak_saved_tensor_bytes).
+Also, on any device, the autograd saved-tensor peak (beagle.training.memory.peak_saved_tensor_bytes).
 
     PYTHONPATH=src python bench/gpu/train_memory.py --out $OUT/train_memory.json        # GPU
     PYTHONPATH=src python bench/gpu/train_memory.py --tiny --out /tmp/train_memory.json # CPU smoke test
@@ -37,7 +37,7 @@ def build_target(shape: str, device: str):
 
 
 def make_batch(target, batch: int, length: int, device: str):
-    from beagle.training.objectives import TrainBatch
+    from beagle.models.objective import TrainBatch
 
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, target.vocab_size, (batch, length), generator=generator)
@@ -54,7 +54,9 @@ def make_batch(target, batch: int, length: int, device: str):
 
 def measure(method: str, steps: int, target, batch, repeats: int, device: str, loss_chunk: int | None) -> dict:
     from beagle.models.checkpoint import build_draft
-    from beagle.training.objectives import ObjectiveSettings, make_objective, peak_saved_tensor_bytes
+    from beagle.models.registry import make_objective
+    from beagle.models.settings import ObjectiveSettings
+    from beagle.training.memory import peak_saved_tensor_bytes
 
     torch.manual_seed(0)
     arch = "beagle" if method.startswith("beagle") else "eagle2"
