@@ -63,6 +63,7 @@ def measure_shape(shape: str, layers: int, args, device: str, rows: list) -> Non
 
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
     target = random_target(shape, layers, device, dtype)
+    target.fast_attention = args.fast_attention
     drafts = {arch: build_draft(target, arch).to(dtype) for arch in ("beagle", "eagle2")}
     prompt = torch.randint(0, target.vocab_size, (args.context,), generator=torch.Generator().manual_seed(0)).tolist()
     settings = GenerationSettings(max_new_tokens=args.tokens, ignore_eos=True)
@@ -234,6 +235,8 @@ def main() -> None:
     parser.add_argument("--no-fp32-check", dest="fp32_check", action="store_false")
     parser.add_argument("--stall-check", type=int, default=0, metavar="CONTEXT",
                         help="after the shapes: reserve CONTEXT tokens on the first shape and time requests twice")
+    parser.add_argument("--fast-attention", default="sdpa", choices=["sdpa", "grouped"],
+                        help="the fast path's attention (beagle.kernels.fast_attention)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     from beagle.kernels.attention_backend import configure_attention
@@ -247,7 +250,7 @@ def main() -> None:
 
     rows: list[dict] = []
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "transformers": transformers.__version__, "context": args.context, "tokens": args.tokens,
+              "transformers": transformers.__version__, "fast_attention": args.fast_attention, "context": args.context, "tokens": args.tokens,
               "repeats": args.repeats, "rows": rows}
     if args.fp32_check:
         fp32_check(shapes[0][0], shapes[0][1], device, rows)

@@ -8,7 +8,8 @@ per step and the idle time between kernels. The floor is the bytes a step must r
 the LM head, the KV entries it attends over) at ``--bandwidth`` bytes/s.
 
 Variants (``--variants``; each is ``name`` or ``name:key=value;key=value`` of ``torch._inductor.config``):
-``default``, ``cdt`` (coordinate-descent tuning, as gpt-fast turns on), ``graphs-only`` (no torch.compile).
+``default``, ``grouped`` (the fast path's grouped attention, ``load_target(fast_attention="grouped")``), ``cdt``
+(coordinate-descent tuning, as gpt-fast turns on), ``graphs-only`` (no torch.compile).
 
     PYTHONPATH=src python3 bench/gpu/target_step.py --out $OUT/target_step.json                 # GPU
     PYTHONPATH=src python3 bench/gpu/target_step.py --tiny --out /tmp/target_step.json          # CPU smoke test
@@ -28,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = {
-    "default": {},
-    "cdt": {"coordinate_descent_tuning": True},
-    "graphs-only": None,  # no torch.compile: the stock HF pass captured in CUDA graphs
+VARIANTS = {  # name -> (torch._inductor.config settings, or None: no torch.compile; the fast path's attention)
+    "default": ({}, "sdpa"),
+    "grouped": ({}, "grouped"),
+    "cdt": ({"coordinate_descent_tuning": True}, "sdpa"),
+    "graphs-only": (None, "sdpa"),  # the stock HF pass captured in CUDA graphs
 }
 FAMILIES = (  # (family, substrings of a kernel name), first match wins
     ("gemm", ("gemm", "gemv", "cutlass", "sm90_xmma", "cublas", "splitk", "matmul", "mm_")),
@@ -75,7 +77,7 @@ def wall(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run_variant(args, name: str, settings: dict | None) -> dict:
+def run_variant(args, name: str, settings: dict | None, attention: str) -> dict:
     from beagle.decoding.engine import SpeculativeGenerator
     from beagle.decoding.sampling import GenerationSettings
     from beagle.kernels.attention_backend import configure_attention
@@ -91,6 +93,7 @@ def run_variant(args, name: str, settings: dict | None) -> dict:
     shape, layers = args.shape
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
     target = random_target(shape, layers, device, dtype)
+    target.fast_attention = attention
     gpu = device == "cuda"
     generator = SpeculativeGenerator(target, None, fast=True, compile=gpu and settings is not None, graphs=gpu)
     prompt = torch.randint(0, target.vocab_size, (args.context,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -103,7 +106,7 @@ def run_variant(args, name: str, settings: dict | None) -> dict:
     # a step = (a call of N tokens - a call of 1 token) / (N - 1): prefill and per-call costs cancel
     step_s = (wall(lambda: generator.generate(prompt, timed), args.repeats)
               - wall(lambda: generator.generate(prompt, one), args.repeats)) / max(1, args.tokens - 1)
-    row = {"variant": name, "inductor": settings, "shape": shape, "layers": layers, "context": args.context,
+    row = {"variant": name, "inductor": settings, "attention": attention, "shape": shape, "layers": layers, "context": args.context,
            "warmup_s": round(warmup, 1), "ms_per_step": round(1e3 * step_s, 3)}
     read = step_bytes(target, args.context + args.tokens // 2)
     row["bytes_per_step"] = read
@@ -154,24 +157,26 @@ def profile(generator, prompt, tokens: int) -> dict:
     }
 
 
-def parse_variant(text: str) -> tuple[str, dict | None]:
+def parse_variant(text: str) -> tuple[str, dict | None, str]:
+    """(name, inductor settings, attention) of ``name`` or ``name:key=value;...`` (inductor settings on top of
+    the named variant's, or of the default's for a new name)."""
     name, _, rest = text.partition(":")
-    if not rest:
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r} (known: {', '.join(VARIANTS)}, or name:key=value;...)")
-        return name, VARIANTS[name]
-    settings = {}
-    for item in rest.split(";"):
+    if not rest and name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r} (known: {', '.join(VARIANTS)}, or name:key=value;...)")
+    settings, attention = VARIANTS.get(name, VARIANTS["default"])
+    settings = None if settings is None else dict(settings)
+    for item in filter(None, rest.split(";")):
         key, _, value = item.partition("=")
+        settings = settings or {}
         settings[key] = json.loads(value) if value else True
-    return name, settings
+    return name, settings, attention
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test on a tiny shape")
     parser.add_argument("--shape", default="llama-3.1-8b:32", help="shape:layers (random_models.SHAPES)")
-    parser.add_argument("--variants", default="default,cdt")
+    parser.add_argument("--variants", default="default,grouped")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -185,8 +190,7 @@ def main() -> None:
     shape, layers = args.shape.split(":")
     args.shape = (shape, int(layers))
     if args.one is not None:
-        name, settings = parse_variant(args.one)
-        print(json.dumps(run_variant(args, name, settings)), flush=True)
+        print(json.dumps(run_variant(args, *parse_variant(args.one))), flush=True)
         return
     rows = []
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

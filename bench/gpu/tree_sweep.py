@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="mt-bench", help="mt-bench | humaneval | sharegpt-heldout")
     parser.add_argument("--limit", type=int, default=80, help="prompts at most (the budget usually ends first)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA graphs only")
+    parser.add_argument("--fast-attention", default="sdpa", choices=["sdpa", "grouped"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
     from beagle.target_model.model import load_target
 
     trees = TREES if args.trees is None else [tuple(int(v) for v in t.split("/")) for t in args.trees.split(",")]
-    target = load_target("smollm2", device=args.device)
+    target = load_target("smollm2", device=args.device, fast_attention=args.fast_attention)
     drafts = {"beagle": load_draft("smollm2-beagle", target), "eagle2": load_draft("smollm2-eagle2", target)}
     prompts = load_prompts(args.prompts, limit=args.limit)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0)
@@ -62,7 +63,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "dtype": str(target.dtype), "max_new_tokens": args.max_new_tokens,
-              "temperature": args.temperature, "prompts": args.prompts, "compile": args.compile,
+              "temperature": args.temperature, "fast_attention": args.fast_attention, "prompts": args.prompts, "compile": args.compile,
               "budget_s_per_tree": args.budget, "rows": rows}
     with open(args.out, "w") as handle:
         json.dump(report, handle, indent=2)

@@ -306,7 +306,8 @@ def run_benchmark(
         "schema": SCHEMA,
         "started_at": started_at,
         "command": command,
-        "environment": {**environment(target.device), "cudnn_sdp": sdp_state},
+        "environment": {**environment(target.device), "cudnn_sdp": sdp_state,
+                        "fast_attention": getattr(target, "fast_attention", "sdpa")},
         "target": {**target.fingerprint(), "dtype": str(target.dtype).replace("torch.", ""),
                    "device": str(target.device), "max_length": target.max_length},
         "drafts": {

@@ -8,6 +8,7 @@ import os
 # Environment variables read by the CLI (and nowhere else), passed to load_target as arguments.
 CPU_KERNELS_ENV = "BEAGLE_CPU_LINEAR"  # auto | onednn | columns | stock (--cpu-kernels wins)
 CUDNN_SDP_ENV = "BEAGLE_CUDNN_SDP"  # 1: keep PyTorch's cuDNN attention on a GPU (--cudnn-sdp wins)
+FAST_ATTENTION_ENV = "BEAGLE_FAST_ATTENTION"  # sdpa | grouped: the fast path's attention (--fast-attention wins)
 
 
 def add_target_args(parser: argparse.ArgumentParser, required: bool = True, default: str = "smollm2",
@@ -51,6 +52,9 @@ def add_path_args(parser: argparse.ArgumentParser) -> None:
                            "default on a GPU; on a CPU it runs eagerly over static buffers, which is slower there)")
     parser.add_argument("--no-compile", action="store_true",
                         help="fast path without torch.compile of the target pass (CUDA graphs only; faster start)")
+    parser.add_argument("--fast-attention", default=None, choices=["sdpa", "grouped"],
+                        help=f"attention of the fast path's passes on a GPU (default: ${FAST_ATTENTION_ENV}, else "
+                             "sdpa; grouped = two batched matmuls over the grouped heads, see docs/decoding.md)")
 
 
 def decoding_path(args) -> dict:
@@ -108,11 +112,14 @@ def generation_settings(args):
 
 def hardware_args(args=None) -> dict:
     """load_target's hardware keywords: --cpu-kernels (else $BEAGLE_CPU_LINEAR), --cudnn-sdp (else
-    $BEAGLE_CUDNN_SDP=1). A bad value is load_target's one-line BeagleError."""
+    $BEAGLE_CUDNN_SDP=1), --fast-attention (else $BEAGLE_FAST_ATTENTION). A bad value is load_target's one-line
+    BeagleError."""
     cpu_kernels = getattr(args, "cpu_kernels", None) or os.environ.get(CPU_KERNELS_ENV, "").strip().lower() or None
     cudnn_sdp = bool(getattr(args, "cudnn_sdp", False)) or \
         os.environ.get(CUDNN_SDP_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
-    return {"cpu_kernels": cpu_kernels, "cudnn_sdp": cudnn_sdp}
+    fast_attention = getattr(args, "fast_attention", None) or \
+        os.environ.get(FAST_ATTENTION_ENV, "").strip().lower() or "sdpa"
+    return {"cpu_kernels": cpu_kernels, "cudnn_sdp": cudnn_sdp, "fast_attention": fast_attention}
 
 
 def load_target_from_args(args):

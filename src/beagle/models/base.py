@@ -51,10 +51,15 @@ class DraftModel(nn.Module):
         """Share the target's embedding and LM head (frozen; not parameters of the draft); with a draft
         vocabulary, gather its rows of the head once (see :meth:`set_vocab`). A target with CPU kernels
         (``target.cpu_kernels``, chosen by ``load_target``) hands them to the draft: its layers and head products
-        run them on a CPU."""
+        run them on a CPU; a target whose fast path attends with ``"grouped"`` (``target.fast_attention``) has the
+        draft decode with it too."""
         self.config.check_target(target.fingerprint())
         self._shared = (target.embed, target.lm_head)
         self._gather_vocab_rows()
+        grouped = getattr(target, "fast_attention", "sdpa") == "grouped"
+        for module in self.modules():
+            if hasattr(module, "grouped_decode"):
+                module.grouped_decode = grouped
         kernels = getattr(target, "cpu_kernels", None)
         self._linear = nn.functional.linear
         if kernels is not None and self.device.type == "cpu":

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beagle.kernels.fast_attention import grouped_attention
 from beagle.models.config import DraftConfig
 
 
@@ -85,6 +86,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+        # Decoding through beagle.kernels.fast_attention.grouped_attention (set by DraftModel.bind_target from
+        # the target's fast_attention); training always runs SDPA.
+        self.grouped_decode = False
 
     def project_kv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, S, d] -> keys (rotated), values: [B, KV, S, hd]."""
@@ -114,6 +118,11 @@ class Attention(nn.Module):
             # is zeroed below. Unconditional, so no host read decides it (the fast path captures this).
             empty_rows = ~mask.any(dim=-1, keepdim=True)  # [B, 1, T, 1]
             mask = torch.cat([mask[..., :1] | empty_rows, mask[..., 1:]], dim=-1)
+        if self.grouped_decode and not torch.is_grad_enabled():  # target.fast_attention == "grouped"
+            out = grouped_attention(self, queries, keys, values, mask)[0]  # [B, T, H, hd]
+            if empty_rows is not None:
+                out = out.masked_fill(empty_rows.transpose(1, 2), 0.0)
+            return self.o_proj(out.reshape(batch, length, self.heads * self.head_dim))
         grouped = {}
         if self.kv_heads != self.heads:  # GQA: each key/value head serves `repeat` consecutive query heads
             if torch.is_grad_enabled():

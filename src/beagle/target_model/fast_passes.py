@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from beagle.kernels.fast_attention import attention_implementation
 from beagle.target_model.fast_cache import FastKVCache
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,15 @@ class FastTargetPasses:
 
     capacity: cache slots; compile: ``torch.compile`` the pass (one compilation per token count);
     compile_backend: the ``torch.compile`` backend (``"inductor"``; tests use ``"eager"`` to trace only).
+    The T-token passes attend with ``target.fast_attention`` (:mod:`beagle.kernels.fast_attention`); the
+    prefill with the model's own attention.
     """
 
     def __init__(self, target, capacity: int, compile: bool = False, compile_backend: str = "inductor"):
         self.target = target
         self.capacity = int(capacity)
         self.device = target.device
+        self.attention = getattr(target, "fast_attention", "sdpa")
         self.cache = FastKVCache(target.num_layers, self.capacity, self.device)
         self.slots = torch.arange(self.capacity, device=self.device)
         self.min_value = torch.finfo(target.dtype).min
@@ -57,7 +61,9 @@ class FastTargetPasses:
         """The target's instance if it holds ``needed`` slots with the same compile setting, else a new one
         (at least twice the old capacity)."""
         current = getattr(target, "_beagle_fixed_passes", None)
-        if current is not None and current.capacity >= needed and (current._compiled is not None) == compile:
+        attention = getattr(target, "fast_attention", "sdpa")
+        if (current is not None and current.capacity >= needed and (current._compiled is not None) == compile
+                and current.attention == attention):
             return current
         if current is not None and (current._compiled is not None) == compile:
             needed = max(needed, 2 * current.capacity)
@@ -72,6 +78,10 @@ class FastTargetPasses:
         """tokens / positions / writes: [T] long (writes: the cache slots of the T new entries);
         visible: [T, capacity] bool. Returns (hidden [T, d], logits [T, V] float32)."""
         mask = torch.where(visible, 0.0, self.min_value).to(self.target.dtype)[None, None]
+        with attention_implementation(self.target.decoder, self.attention):
+            return self._run(tokens, positions, writes, mask)
+
+    def _run(self, tokens, positions, writes, mask):
         count = int(tokens.shape[0])
         if self._compiled is None:
             return self._pass(tokens, positions, writes, mask)

@@ -63,6 +63,8 @@ class TargetModel:
         # The CPU kernels installed on this target (beagle.kernels.cpu_kernels.install_cpu_kernels, which
         # load_target calls); None = stock. A draft bound to the target installs the same on itself.
         self.cpu_kernels = None
+        # The attention of the fast path's T-token passes (beagle.kernels.fast_attention): "sdpa" or "grouped".
+        self.fast_attention = "sdpa"
 
     # ----------------------------------------------------------------- facts
     @property
@@ -283,6 +285,7 @@ def load_target(
     attn_implementation: str = "sdpa",
     cpu_kernels: str | None = None,
     cudnn_sdp: bool = False,
+    fast_attention: str = "sdpa",
 ) -> TargetModel:
     """Load a HF causal LM folder or hub id (``"smollm2"`` resolves to the fetched SmolLM2-135M-Instruct).
 
@@ -290,14 +293,18 @@ def load_target(
     (default: bf16 on CUDA, fp32 on CPU), with its tokenizer and chat template. The hardware is chosen here,
     once: cpu_kernels (on a CPU): ``"onednn"``, ``"columns"``, ``"stock"`` or None / ``"auto"``
     (:mod:`beagle.kernels.cpu_kernels`); cudnn_sdp (on a GPU): keep PyTorch's cuDNN attention
-    (:mod:`beagle.kernels.attention_backend`; off by default). A bad choice is a BeagleError before loading.
+    (:mod:`beagle.kernels.attention_backend`; off by default); fast_attention: the attention of the fast
+    path's passes, ``"sdpa"`` or ``"grouped"`` (:mod:`beagle.kernels.fast_attention`). A bad choice is a
+    BeagleError before loading.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from beagle.kernels.attention_backend import configure_attention
     from beagle.kernels.cpu_kernels import install_cpu_kernels, resolve_cpu_kernels
+    from beagle.kernels.fast_attention import check_fast_attention
 
+    check_fast_attention(fast_attention)
     device = check_device(device) or default_device()
     if torch.device(device).type == "cpu":
         resolve_cpu_kernels(cpu_kernels)  # fail before the weights load
@@ -323,6 +330,7 @@ def load_target(
     configure_attention(device, cudnn_sdp)
     target = TargetModel(model.to(device), tokenizer, name=name_or_path)
     install_cpu_kernels(target, cpu_kernels)
+    target.fast_attention = fast_attention
     return target
 
 
