@@ -10,15 +10,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_training_support import conversations, tiny_chat_target, write_jsonl
 
 from beagle.cli.main import main
+from beagle.data import generation_pool as pool
+from beagle.data.batches import ChatDataset
+from beagle.data.regenerate import RegenerateSettings, regenerate_file
 from beagle.decoding.engine import SpeculativeGenerator
 from beagle.errors import DataError
-from beagle.data import regenerate as regen
-from beagle.data.conversations import ChatDataset
 from beagle.ranks import Distributed
-from beagle.data.regenerate import RegenerateSettings, regenerate_file
-from test_training_support import conversations, tiny_chat_target, write_jsonl
 
 # initializer_range 0.1: varied greedy text; some answers end with EOS, others at the token limit
 SETTINGS = RegenerateSettings(max_new_tokens=10, batch_size=3, refill_every=4)
@@ -78,7 +78,7 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, target, data, m
     regenerate_file(target, data, reference, SETTINGS)
     out = tmp_path / "out.jsonl.gz"
     calls = {"count": 0}
-    extend = regen.greedy_extend
+    extend = pool.greedy_extend
 
     def killed_on_the_fifth_call(*args, **kwargs):
         calls["count"] += 1
@@ -86,10 +86,10 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, target, data, m
             raise KeyboardInterrupt
         return extend(*args, **kwargs)
 
-    monkeypatch.setattr(regen, "greedy_extend", killed_on_the_fifth_call)
+    monkeypatch.setattr(pool, "greedy_extend", killed_on_the_fifth_call)
     with pytest.raises(KeyboardInterrupt):
         regenerate_file(target, data, out, SETTINGS)
-    monkeypatch.setattr(regen, "greedy_extend", extend)
+    monkeypatch.setattr(pool, "greedy_extend", extend)
     assert not out.exists()  # no output until complete
     part = out.with_name(out.name + ".partial") / "rank-00000.jsonl"
     done = [json.loads(line) for line in part.read_text().splitlines()]
@@ -106,7 +106,7 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, target, data, m
 
 def test_a_partial_folder_of_other_settings_is_refused(tmp_path, target, data, monkeypatch):
     out = tmp_path / "out.jsonl"
-    monkeypatch.setattr(regen, "greedy_extend", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(pool, "greedy_extend", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         regenerate_file(target, data, out, SETTINGS)
     with pytest.raises(DataError, match="differs in settings"):
@@ -155,9 +155,9 @@ def test_limit_turns_and_time_budget(tmp_path, target, data, monkeypatch):
     # a deadline mid-run: conversations under way finish, none gets its first answer afterwards
     clock = iter([0.0, 0.0] + [5.0] * 1000)
     finished = []
-    conversations_ = [regen.Conversation(index, record["messages"]) for index, record in enumerate(read_lines(data))]
-    monkeypatch.setattr(regen, "time", SimpleNamespace(monotonic=lambda: next(clock)))
-    left_out = regen.run_pool(target, conversations_, RegenerateSettings(max_new_tokens=3, batch_size=2, refill_every=2),
+    conversations_ = [pool.Conversation(index, record["messages"]) for index, record in enumerate(read_lines(data))]
+    monkeypatch.setattr(pool, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    left_out = pool.run_pool(target, conversations_, RegenerateSettings(max_new_tokens=3, batch_size=2, refill_every=2),
                               finished.append, deadline=1.0)
     assert 0 < left_out < 14 and len(finished) + left_out == 14
     assert all(conversation.answers > 0 or conversation.ended for conversation in finished)
@@ -233,7 +233,7 @@ def test_train_regenerate_uses_the_same_code_and_caches(tmp_path, target, data, 
     expected = tmp_path / "expected.jsonl"
     regenerate_file(target, data, expected, RegenerateSettings(max_new_tokens=10, max_length=256))
     assert cached.read_text() == expected.read_text()
-    monkeypatch.setattr(regen, "greedy_extend", None)  # cached: nothing is generated again
+    monkeypatch.setattr(pool, "greedy_extend", None)  # cached: nothing is generated again
     again = Trainer(config, target)
     assert [e.input_ids.tolist() for e in again.dataset.examples] == \
            [e.input_ids.tolist() for e in first.dataset.examples]

@@ -135,7 +135,7 @@ def test_vocab_draft_refuses_a_symlinked_out(tmp_path, folders, capsys):
 
 
 def test_every_writer_refuses_a_symlinked_destination(tmp_path):
-    from beagle.data.conversations import ChatDataset
+    from beagle.data.batches import ChatDataset
     from beagle.training.trainer import TrainConfig, train
 
     data = write_jsonl(tmp_path / "chats.jsonl", conversations(4, seed=2, turns=1))
@@ -240,7 +240,7 @@ def test_regenerate_refuses_a_symlinked_partial_folder(tmp_path):
 
 # ------------------------------------------------------------------ 7. `..` in a path
 def test_dot_dot_in_out_creates_no_folder_on_the_way(tmp_path, monkeypatch):
-    from beagle.data.conversations import ChatDataset
+    from beagle.data.batches import ChatDataset
 
     monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "chats.jsonl", conversations(2, seed=2, turns=1))

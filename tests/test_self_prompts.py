@@ -221,7 +221,7 @@ def test_pipeline_into_regenerate_and_train(tmp_path, target):
                                       for line in lines)
     by_index = {line["index"]: line for line in read_lines(prompts)}
     assert all(line["messages"][0] == by_index[line["index"]]["messages"][0] for line in lines)
-    from beagle.data.conversations import ChatDataset
+    from beagle.data.batches import ChatDataset
 
     dataset = ChatDataset.from_file(answers, target.tokenizer, max_length=64)
     assert len(dataset) == report.written  # every answered prompt trains

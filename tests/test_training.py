@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from beagle.models.checkpoint import build_draft, load_draft
-from beagle.data.conversations import ChatDataset
+from beagle.data.batches import ChatDataset
 from beagle.data.features import FeatureDataset, generate_features
 from beagle.models.beagle.masks import inverse_block_mask, window_positions
 from beagle.models.beagle.objective import BeagleStage2, simulate_drafting

@@ -3,23 +3,21 @@
 import json
 
 import pytest
-
-from beagle.errors import DataError
-from beagle.data.conversations import (
-    ChatDataset,
-    ChatEncoder,
-    DataReport,
-    ShuffledBatches,
-    collate,
-    encode_conversations,
-    load_conversations,
-)
 from test_training_support import (
     LLAMA2_TEMPLATE,
     conversations,
     tiny_tokenizer,
     write_jsonl,
 )
+
+from beagle.data.batches import ChatDataset, ShuffledBatches, collate
+from beagle.data.conversations import (
+    ChatEncoder,
+    DataReport,
+    encode_conversations,
+    load_conversations,
+)
+from beagle.errors import DataError
 
 GOOD_SHAREGPT = {"conversations": [{"from": "human", "value": "w1 w2"}, {"from": "gpt", "value": "w3 w4 w5"}]}
 GOOD_OPENAI = {"messages": [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2 w3"}]}

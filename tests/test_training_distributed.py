@@ -108,7 +108,7 @@ def test_fsdp_matches_one_process(tmp_path, data, arch, fsdp, extra):
 
 def test_fsdp_from_offline_features(tmp_path, data):
     """--features with a sharded draft and target: the target never runs, the sharded draft trains the same."""
-    from beagle.data.conversations import ChatDataset
+    from beagle.data.batches import ChatDataset
     from beagle.data.features import generate_features
 
     target = tiny_target(VOCAB, seed=0)

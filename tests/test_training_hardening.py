@@ -17,7 +17,7 @@ import torch
 from beagle.errors import BeagleError, DataError, IncompatibleDraftError
 from beagle.models.checkpoint import build_draft, load_draft, save_draft
 from beagle.target_model.model import TargetModel
-from beagle.data.conversations import ChatDataset
+from beagle.data.batches import ChatDataset
 from beagle.data.features import FeatureDataset, generate_features
 from beagle.training.trainer import STATE_NAME, TrainConfig, train
 from conftest_serving import subprocess_env
@@ -72,7 +72,7 @@ train(TrainConfig(data={data!r}, out={out!r}, epochs_stage1=1, epochs_stage2=1, 
 KILLED_DATAGEN = """
 import os
 import beagle.data.features as features
-from beagle.data.conversations import ChatDataset
+from beagle.data.batches import ChatDataset
 from test_training_support import tiny_target
 
 real = features.save_file

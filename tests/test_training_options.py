@@ -14,7 +14,7 @@ from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError
 from beagle.models.checkpoint import build_draft, load_draft
 from beagle.models.config import DraftConfig
-from beagle.data.conversations import ChatDataset
+from beagle.data.batches import ChatDataset
 from beagle.data.features import generate_features
 from beagle.training.trainer import TrainConfig, Trainer, train
 from test_training_support import pretokenized, tiny_target, write_jsonl

@@ -94,7 +94,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from beagle.bench.harness import run_benchmark, summarize
+    from beagle.bench.harness import run_benchmark
+    from beagle.bench.summary import summarize
     from beagle.decoding.sampling import GenerationSettings
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from beagle.errors import BeagleError
     from beagle.cli.common import hardware_args
     from beagle.target_model.model import load_target
-    from beagle.data.conversations import ChatDataset
+    from beagle.data.batches import ChatDataset
     from beagle.data.features import DTYPES, estimate_disk_bytes, generate_features
 
     if args.shard_size <= 0:

@@ -132,7 +132,7 @@ def generate_features(
 
 
 def _write_shard(target, dataset, indices: list[int], path: Path, batch_tokens: int, states_dtype) -> None:
-    from beagle.data.conversations import collate
+    from beagle.data.batches import collate
 
     items = [dataset[i] for i in indices]
     states: list[torch.Tensor | None] = [None] * len(items)

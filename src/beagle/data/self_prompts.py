@@ -39,8 +39,12 @@ from pathlib import Path
 import torch
 
 from beagle.data.conversations import DataReport, load_conversations, resolve_data_path
+from beagle.data.partial_files import (
+    drop_cut_line,
+    write_or_check_manifest,
+    write_output,
+)
 from beagle.data.prompt_filters import PromptFilter, PromptSelector
-from beagle.data.regenerate import _drop_cut_line, _write_or_check_manifest, _write_output
 from beagle.errors import BeagleError, DataError
 
 logger = logging.getLogger(__name__)
@@ -236,13 +240,13 @@ def self_prompts_file(target, out: str | os.PathLike, settings: SelfPromptSettin
     parts = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts.mkdir(exist_ok=True)
-    _write_or_check_manifest(parts, {"format": FORMAT, "version": VERSION, "records": None, "key": {
+    write_or_check_manifest(parts, {"format": FORMAT, "version": VERSION, "records": None, "key": {
         "target": target.fingerprint(), "dtype": str(target.dtype).replace("torch.", ""),
         "chat_template": hashlib.sha256(str(tokenizer.chat_template).encode()).hexdigest(),
         "settings": settings.key(rows)}})
     sample_file = parts / SAMPLES
     if sample_file.exists():
-        _drop_cut_line(sample_file)
+        drop_cut_line(sample_file)
     kept: list[str] = []
 
     def take(samples: list[tuple[list[int], bool]]) -> None:
@@ -298,7 +302,7 @@ def self_prompts_file(target, out: str | os.PathLike, settings: SelfPromptSettin
     system = [{"role": "system", "content": settings.system}] if settings.system is not None else []
     records = [(system + [{"role": "user", "content": text}], "self") for text in kept] + mixed
     random.Random(settings.seed).shuffle(records)
-    _write_output(out, ({"index": index, "messages": messages, "source": source}
+    write_output(out, ({"index": index, "messages": messages, "source": source}
                         for index, (messages, source) in enumerate(records)))
     shutil.rmtree(parts)
     logger.info("self-generated prompts written to %s:\n%s", out, report.summary())

@@ -55,7 +55,7 @@ def count_assistant_tokens(sequences: Iterable[tuple[object, object]], vocab_siz
 
 
 def dataset_sequences(dataset, indices: Sequence[int] | None = None) -> Iterator[tuple[object, object]]:
-    """(input_ids, loss_mask) of a :class:`~beagle.data.conversations.ChatDataset` or
+    """(input_ids, loss_mask) of a :class:`~beagle.data.batches.ChatDataset` or
     :class:`~beagle.data.features.FeatureDataset` (without reading states), for ``indices`` (default all)."""
     indices = range(len(dataset)) if indices is None else indices
     examples = getattr(dataset, "examples", None)
@@ -76,7 +76,12 @@ def load_chat_examples(data, tokenizer, *, max_length: int = 2048, limit: int | 
     limit: the first ``limit`` usable records only. Regenerated answers are a file of their own
     (:func:`beagle.data.regenerate.regenerate_file`), read here like any other.
     """
-    from beagle.data.conversations import DataReport, encode_conversations, load_conversations, resolve_data_path
+    from beagle.data.conversations import (
+        DataReport,
+        encode_conversations,
+        load_conversations,
+        resolve_data_path,
+    )
 
     path = resolve_data_path(data)
     report = DataReport()
@@ -111,7 +116,12 @@ def write_draft_with_vocab(draft_dir, vocab: DraftVocab, out_dir) -> Path:
     vocabulary (``draft_vocab.safetensors``, ``draft_vocab_size`` / ``draft_vocab_coverage`` in its config).
     The training-free route (FR-Spec): any trained draft can propose from a subset. Written atomically."""
     from beagle.assets.shipped import resolve_draft_path
-    from beagle.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_replaceable, remove_legacy_temporaries
+    from beagle.models.checkpoint import (
+        CONFIG_NAME,
+        WEIGHTS_NAME,
+        check_replaceable,
+        remove_legacy_temporaries,
+    )
     from beagle.models.config import DraftConfig
 
     source = resolve_draft_path(draft_dir)

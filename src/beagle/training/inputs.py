@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from beagle.data.conversations import ChatDataset, collate
+from beagle.data.batches import ChatDataset, collate
 from beagle.data.features import FeatureDataset, target_states
 from beagle.data.regenerate import RegenerateSettings, cached_regeneration, regenerate_file
 from beagle.models.objective import TrainBatch

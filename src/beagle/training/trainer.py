@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from beagle.data.conversations import ShuffledBatches
+from beagle.data.batches import ShuffledBatches
 from beagle.data.vocab_counts import vocab_from_dataset
 from beagle.errors import BeagleError
 from beagle.files import destination_path
