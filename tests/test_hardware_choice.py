@@ -67,9 +67,10 @@ def test_the_library_reads_no_environment_variable(model_folder, monkeypatch):
     """BEAGLE_CPU_LINEAR / BEAGLE_CUDNN_SDP reach the library only through the CLI's arguments."""
     monkeypatch.setenv("BEAGLE_CPU_LINEAR", "not-a-kernel")
     monkeypatch.setenv("BEAGLE_CUDNN_SDP", "1")
+    monkeypatch.setenv("BEAGLE_FAST_ATTENTION", "Grouped")
     target = load_target(str(model_folder), device="cpu", cpu_kernels="stock")  # the bad value is never read
-    assert target.cpu_kernels is None
-    assert hardware_args(None) == {"cpu_kernels": "not-a-kernel", "cudnn_sdp": True}
+    assert target.cpu_kernels is None and target.fast_attention == "sdpa"
+    assert hardware_args(None) == {"cpu_kernels": "not-a-kernel", "cudnn_sdp": True, "fast_attention": "grouped"}
     with pytest.raises(BeagleError, match="unknown CPU kernels 'not-a-kernel'"):
         load_target(str(model_folder), device="cpu", **hardware_args(None))
 
@@ -78,10 +79,16 @@ def test_cli_arguments_win_over_the_environment(monkeypatch):
     class Args:
         cpu_kernels = "stock"
         cudnn_sdp = False
+        fast_attention = None
 
     monkeypatch.setenv("BEAGLE_CPU_LINEAR", "columns")
     monkeypatch.delenv("BEAGLE_CUDNN_SDP", raising=False)
-    assert hardware_args(Args()) == {"cpu_kernels": "stock", "cudnn_sdp": False}
+    monkeypatch.delenv("BEAGLE_FAST_ATTENTION", raising=False)
+    assert hardware_args(Args()) == {"cpu_kernels": "stock", "cudnn_sdp": False, "fast_attention": "sdpa"}
+    monkeypatch.setenv("BEAGLE_FAST_ATTENTION", "grouped")
+    assert hardware_args(Args())["fast_attention"] == "grouped"
+    Args.fast_attention = "sdpa"
+    assert hardware_args(Args())["fast_attention"] == "sdpa"
     Args.cpu_kernels = None
     assert hardware_args(Args())["cpu_kernels"] == "columns"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fast_path import timed as wall
 
 VARIANTS = {  # name -> (torch._inductor.config settings, or None: no torch.compile; the fast path's attention)
     "default": ({}, "sdpa"),
@@ -63,25 +64,12 @@ def step_bytes(target, context: int) -> int:
     return weights + kv
 
 
-def wall(function, repeats: int) -> float:
-    """Median seconds of ``function()``, synchronised around each call."""
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def run_variant(args, name: str, settings: dict | None, attention: str) -> dict:
+    from random_models import random_target
+
     from beagle.decoding.engine import SpeculativeGenerator
     from beagle.decoding.sampling import GenerationSettings
     from beagle.kernels.attention_backend import configure_attention
-    from random_models import random_target
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     configure_attention(device)
@@ -199,7 +187,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--one", text, "--out", args.out, "--shape", ":".join(map(str, args.shape)),
                    "--context", str(args.context), "--tokens", str(args.tokens), "--repeats", str(args.repeats),
                    "--profile-tokens", str(args.profile_tokens), "--bandwidth", str(args.bandwidth)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
             rows.append({"variant": text, "error": done.stderr[-2000:]})
