@@ -114,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
             torch.distributed.destroy_process_group()
     if main:
         last = trainer.progress.history[-1] if trainer.progress.history else None
-        if last:
+        if last and last.get("tau") is not None:
             rates = ", ".join(f"{rate:.3f}" for rate in last["acceptance"])
             print(f"held-out acceptance by position [{rates}], simulated tau {last['tau']:.2f}", file=sys.stderr)
+        if last and "prompts" in last:
+            rates = ", ".join(f"{rate:.3f}" for rate in last["prompts_acceptance"])
+            print(f"on {last['prompts']} answers: acceptance by position [{rates}], simulated tau "
+                  f"{last['prompts_tau']:.2f} (top-{last['prompts_top_k']} view {last['prompts_tau_topk']:.2f})",
+                  file=sys.stderr)
+        if last and config.keep_best and (out / "best").is_dir():
+            print(f"best draft by {config.keep_best}: {out / 'best'}", file=sys.stderr)
         if trainer.peak_memory_gib:
             peaks = ", ".join(f"{value:.2f}" for value in trainer.peak_memory_gib)
             print(f"peak GPU memory by rank: {peaks} GiB", file=sys.stderr)

@@ -93,6 +93,16 @@ def draft_top1(draft, hidden: torch.Tensor) -> torch.Tensor:
     return draft.to_target_ids(draft.draft_logits(hidden).argmax(dim=-1))
 
 
+def draft_hits(draft, hidden: torch.Tensor, target_ids: torch.Tensor, top_k: int = 1) -> torch.Tensor:
+    """[..., d] hidden, [...] target ids -> [...] bool: the target's token is among the draft's ``top_k``
+    proposals there (over its draft vocabulary; ``top_k=1``: its greedy proposal, as a chain drafts)."""
+    if top_k <= 1:
+        return draft_top1(draft, hidden) == target_ids
+    logits = draft.draft_logits(hidden)
+    proposals = draft.to_target_ids(logits.topk(min(top_k, logits.shape[-1]), dim=-1).indices)
+    return (proposals == target_ids.unsqueeze(-1)).any(dim=-1)
+
+
 def greedy_reference(draft, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """What simulated acceptance compares against: the target's argmax [B, T] at every position, and
     ``follows_data`` [B, T] bool: position i is trained and the data token x_{i+1} is that argmax (so the

@@ -40,14 +40,16 @@ LOGS_NAME = "logs"
 # Left in --out by a run killed mid-save: the draft's staging folder (and save_draft's temporaries and
 # backup of it), the trainer state's temporary file. Removed when the next run starts.
 STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp",
-                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}")
+                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}", "best/.draft-staging", "best/.draft-staging.old",
+                     "best/..draft-staging.*")
 # TrainConfig fields a resumed run may change: how long it runs, how it is laid out on the hardware, what
 # it logs, and the paths (the data and the target are compared by content instead).
 RESUME_MAY_CHANGE = frozenset({
     "target", "data", "features", "out", "max_steps", "epochs_stage2", "resume", "resume_anyway", "overwrite",
     "fsdp", "micro_batch_size", "device", "dtype", "tensorboard", "progress", "log_every", "loss_chunk",
-    "regenerate_batch_size",
+    "regenerate_batch_size", "eval_prompts", "eval_prompt_count", "eval_new_tokens", "eval_top_k", "keep_best",
 })
+BEST_NAME = "best"  # --keep-best: the draft of the best evaluation so far
 
 
 
@@ -113,7 +115,7 @@ def prepare_output_folder(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if overwrite:
         removed = []
-        for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, LOGS_NAME):
+        for name in (CONFIG_NAME, WEIGHTS_NAME, STATE_NAME, LOGS_NAME, BEST_NAME):
             path = out / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -152,9 +154,12 @@ def _same_setting(saved, current) -> bool:
 
 
 def save_checkpoint(out: Path, config: TrainConfig, draft, model_state: dict, optimizer_state: dict, scheduler,
-                    progress: Progress, schedule: LRSchedule, data_digest: str | None, target: dict) -> None:
+                    progress: Progress, schedule: LRSchedule, data_digest: str | None, target: dict,
+                    best: bool = False) -> None:
     """Write the draft and ``trainer_state.pt`` into ``out`` (main rank; ``model_state`` / ``optimizer_state``:
-    the full states, gathered when sharded; ``target``: the target's fingerprint with its weights')."""
+    the full states, gathered when sharded; ``target``: the target's fingerprint with its weights').
+    ``best``: the latest evaluation is the best so far (--keep-best): the draft goes to ``out/best`` too,
+    before the trainer state that records it."""
     out.mkdir(parents=True, exist_ok=True)
     extra = {
         "arch": config.arch, "step": progress.step, "epochs_done": progress.epoch,
@@ -170,6 +175,10 @@ def save_checkpoint(out: Path, config: TrainConfig, draft, model_state: dict, op
         "history": progress.history,
     }
     _save_draft_into(draft, model_state, out, extra)
+    if best:
+        (out / BEST_NAME).mkdir(exist_ok=True)
+        _save_draft_into(draft, model_state, out / BEST_NAME, {**extra, "kept_by": config.keep_best})
+        logger.info("best %s so far: the draft of step %d is in %s", config.keep_best, progress.step, out / BEST_NAME)
     state = {
         "version": STATE_VERSION,
         "model": model_state,

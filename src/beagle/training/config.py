@@ -87,6 +87,18 @@ class TrainConfig:
         None, "evaluate on this data instead of a held-out split: conversations (as --data) or a `beagle "
         "datagen` folder; all of --data / --features then trains")
     eval_depth: int = option(5, "draft positions measured each epoch (default 5)")
+    eval_prompts: str | None = option(
+        None, "also evaluate on a benchmark's own distribution: the target answers --eval-prompt-count prompts "
+        "of mt-bench, humaneval, sharegpt-heldout or a prompt file greedily once (--eval-new-tokens each), and "
+        "every evaluation measures the draft on those answers", metavar="SET|FILE")
+    eval_prompt_count: int = option(40, "prompts of --eval-prompts (default 40)")
+    eval_new_tokens: int = option(128, "tokens per --eval-prompts answer (default 128, as `beagle bench`)")
+    eval_top_k: int = option(
+        4, "also count a draft position as accepted when the target's token is among the draft's top-k there "
+           "(the tree's view; reported as tau_top<k>; default 4)")
+    keep_best: str | None = option(
+        None, "keep the draft of the best evaluation so far in --out/best: tau (held-out τ_sim), prompts_tau "
+        "(on --eval-prompts) or prompts_tau_topk (its top-k view)", choices=("tau", "prompts_tau", "prompts_tau_topk"))
     regenerate: bool = option(
         False, "replace assistant turns by the target's own greedy answers (cached; see `beagle regenerate` to "
         "make them once and reuse the file)")
@@ -168,6 +180,11 @@ class TrainConfig:
                               "first (the answers are cached), then train with it")
         if self.lr_schedule not in LR_SCHEDULES:
             raise BeagleError(f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.eval_prompt_count < 1 or self.eval_new_tokens < 1 or self.eval_top_k < 1:
+            raise BeagleError("--eval-prompt-count, --eval-new-tokens and --eval-top-k must be at least 1")
+        if self.keep_best is not None and self.keep_best.startswith("prompts") and self.eval_prompts is None:
+            raise BeagleError(f"--keep-best {self.keep_best} measures on --eval-prompts; pass --eval-prompts mt-bench "
+                              "(or another set) or --keep-best tau")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise BeagleError(f"--min-lr-ratio is a fraction of --lr, between 0 and 1 (got {self.min_lr_ratio})")
         return self

@@ -60,7 +60,7 @@ from beagle.training.distributed import (
     shard_draft,
     shard_target,
 )
-from beagle.training.evaluation import simulated_acceptance, simulated_tau
+from beagle.training.evaluation import heldout_acceptance, simulated_acceptance, simulated_tau
 from beagle.training.inputs import load_dataset, load_eval_dataset, make_batch, split_heldout, with_states
 from beagle.training.schedule import LRSchedule
 from beagle.vocab.core import load_vocab
@@ -120,6 +120,13 @@ class Trainer:
         else:
             self.eval_dataset = self.dataset
             self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
+        self.prompt_dataset = None
+        if config.eval_prompts is not None:  # every rank answers (deterministic): sharded drafts evaluate on all
+            from beagle.training.prompt_eval import benchmark_answers
+
+            self.prompt_dataset = benchmark_answers(target, config.eval_prompts, config.eval_prompt_count,
+                                                    config.eval_new_tokens, config.regenerate_batch_size,
+                                                    config.max_length)
         if config.shards_target:
             shard_target(target, self.mesh, self.device)
         if len(self.train_indices) < config.batch_size:
@@ -261,7 +268,7 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         """Held-out simulated acceptance by draft position, τ, and the current objective's loss (no noise),
         on the held-out split (or --eval-data)."""
-        if not self.heldout_indices:
+        if not self.heldout_indices and self.prompt_dataset is None:
             return {}
         depth = self.config.eval_depth
         self.draft.eval()
@@ -281,11 +288,39 @@ class Trainer:
             got, total = simulated_acceptance(self.draft, batch, depth)
             accepted += got
             counted += total
+        prompts = self._evaluate_prompts(depth)
         self.draft.train()
         rates, tau = simulated_tau(accepted, counted)
-        return {"epoch": epoch + 1, "step": self.progress.step, "stage": self.config.stage_of(epoch),
-                "loss": loss_sum / max(loss_weight, 1.0), "acceptance": rates, "tau": tau,
-                "counted": counted.tolist()}
+        result = {"epoch": epoch + 1, "step": self.progress.step, "stage": self.config.stage_of(epoch),
+                  "loss": loss_sum / max(loss_weight, 1.0), "acceptance": rates, "tau": tau,
+                  "counted": counted.tolist()}
+        if not self.heldout_indices:
+            result.update(loss=None, acceptance=[], tau=None, counted=[])
+        return {**result, **prompts}
+
+    def _evaluate_prompts(self, depth: int) -> dict:
+        """--eval-prompts: τ_sim (top-1, a chain) and its top-k view on the target's answers to the prompts."""
+        if self.prompt_dataset is None:
+            return {}
+        indices = list(range(len(self.prompt_dataset)))
+        result = {"prompts": self.config.eval_prompts}
+        for key, top_k in (("prompts", 1), ("prompts_topk", self.config.eval_top_k)):
+            accepted, counted = heldout_acceptance(self.draft, self.target, self.prompt_dataset, indices, depth,
+                                                   self.micro_batch, self.pad_id, top_k=top_k)
+            rates, tau = simulated_tau(accepted, counted)
+            result[f"{key}_acceptance"], result[f"{key.replace('prompts', 'prompts_tau')}"] = rates, tau
+        result["prompts_top_k"] = self.config.eval_top_k
+        return result
+
+    def _is_best(self) -> bool:
+        """--keep-best: the latest evaluation beats every earlier one of this run (ties keep the earlier)."""
+        key = {"tau": "tau", "prompts_tau": "prompts_tau", "prompts_tau_topk": "prompts_tau_topk"}.get(
+            self.config.keep_best or "")
+        history = self.progress.history
+        if key is None or not history or history[-1].get(key) is None:
+            return False
+        earlier = [entry.get(key) for entry in history[:-1] if entry.get(key) is not None]
+        return not earlier or history[-1][key] > max(earlier)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> None:
@@ -295,7 +330,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         save_checkpoint(self.out, self.config, self.draft, model_state, optimizer_state, self.scheduler, self.progress,
-                        self.schedule, self.data_digest, self.target_record())
+                        self.schedule, self.data_digest, self.target_record(), best=self._is_best())
 
     # ------------------------------------------------------------------ logging
     def _open_writer(self) -> None:
@@ -330,14 +365,27 @@ class Trainer:
     def _log_eval(self, result: dict) -> None:
         if not result:
             return
-        rates = ", ".join(f"{rate:.3f}" for rate in result["acceptance"])
-        logger.info("epoch %g: held-out loss %.4f, acceptance [%s], simulated tau %.3f", result["epoch"],
-                    result["loss"], rates, result["tau"])
+        if result["tau"] is not None:
+            rates = ", ".join(f"{rate:.3f}" for rate in result["acceptance"])
+            logger.info("epoch %g: held-out loss %.4f, acceptance [%s], simulated tau %.3f", result["epoch"],
+                        result["loss"], rates, result["tau"])
+        if "prompts" in result:
+            rates = ", ".join(f"{rate:.3f}" for rate in result["prompts_acceptance"])
+            logger.info("epoch %g: on %s answers: acceptance [%s], simulated tau %.3f (top-%d view %.3f)",
+                        result["epoch"], result["prompts"], rates, result["prompts_tau"], result["prompts_top_k"],
+                        result["prompts_tau_topk"])
         if self.writer is not None:
-            for number, rate in enumerate(result["acceptance"], start=1):
-                self.writer.add_scalar(f"eval/acc@{number}", rate, result["step"])
-            self.writer.add_scalar("eval/tau", result["tau"], result["step"])
-            self.writer.add_scalar("eval/loss", result["loss"], result["step"])
+            if result["tau"] is not None:
+                for number, rate in enumerate(result["acceptance"], start=1):
+                    self.writer.add_scalar(f"eval/acc@{number}", rate, result["step"])
+                self.writer.add_scalar("eval/tau", result["tau"], result["step"])
+                self.writer.add_scalar("eval/loss", result["loss"], result["step"])
+            if "prompts" in result:
+                for number, rate in enumerate(result["prompts_acceptance"], start=1):
+                    self.writer.add_scalar(f"eval_prompts/acc@{number}", rate, result["step"])
+                self.writer.add_scalar("eval_prompts/tau", result["prompts_tau"], result["step"])
+                self.writer.add_scalar(f"eval_prompts/tau_top{result['prompts_top_k']}", result["prompts_tau_topk"],
+                                       result["step"])
             self.writer.flush()
 
     # ------------------------------------------------------------------ run

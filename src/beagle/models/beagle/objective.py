@@ -20,7 +20,7 @@ from beagle.models.beagle.masks import has_context, inverse_block_mask, simulati
 from beagle.models.objective import (
     ObjectiveOutput,
     TrainBatch,
-    draft_top1,
+    draft_hits,
     greedy_reference,
     selected_losses,
     share,
@@ -208,14 +208,16 @@ class BeagleStage2:
 
 
 @torch.no_grad()
-def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+def simulated_acceptance(draft, batch: TrainBatch, depth: int,
+                         top_k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy chain-drafting acceptance by draft position on held-out data (no noise).
 
     Every assistant position r with context is the root of a chain r, r+1, .., r+depth-1. Step i of a
     chain is simulated exactly as the drafter would run it, through :func:`simulate_drafting` (window =
     depth, all depth offsets so that every position is a root once); query tokens are the data tokens.
     Step i *accepts* when the draft's top-1 (over its draft vocabulary, as drafting proposes) equals the
-    target's argmax at that position. Step i is counted only while steps 1..i-1 of its chain were accepted
+    target's argmax at that position (``top_k`` > 1: the argmax is among the draft's top-k, the tree's
+    view: a tree that expands k children of every accepted node; the chain continues on the data token). Step i is counted only while steps 1..i-1 of its chain were accepted
     **and** the data token equalled the target's argmax there (see
     :func:`~beagle.models.objective.greedy_reference`; with target-regenerated greedy data that always holds).
 
@@ -234,7 +236,7 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Te
             step, positions = out.step, out.query_positions
             roots = positions - step + 1
             live = out.query_valid & alive.gather(1, roots.clamp_min(0)) & position_mask.gather(1, positions)
-            hit = draft_top1(draft, out.hidden) == target_argmax.gather(1, positions)
+            hit = draft_hits(draft, out.hidden, target_argmax.gather(1, positions), top_k)
             accepted[step - 1] += float((live & hit).sum())
             counted[step - 1] += float(live.sum())
             # Padding rows point at root 0, which is never alive (no context): writing False there is harmless.

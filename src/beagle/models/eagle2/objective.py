@@ -17,7 +17,7 @@ from beagle.models.eagle2.masks import unrolled_mask
 from beagle.models.objective import (
     ObjectiveOutput,
     TrainBatch,
-    draft_top1,
+    draft_hits,
     greedy_reference,
     selected_losses,
     share,
@@ -100,7 +100,8 @@ class Eagle2Objective:
 
 
 @torch.no_grad()
-def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+def simulated_acceptance(draft, batch: TrainBatch, depth: int,
+                         top_k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy chain-drafting acceptance by draft position on held-out data (no noise), through
     :func:`eagle_unroll`: step i of the chain rooted at index r is unrolled step i at index r + i - 1.
     Counting as in Beagle's (:func:`beagle.models.beagle.objective.simulated_acceptance`): step i counts
@@ -121,7 +122,7 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int) -> tuple[torch.Te
             break
         index = torch.arange(shift, count, device=states.device)  # q; root r = q - shift
         live = alive[:, : count - shift] & position_mask[:, 1:][:, index]
-        hit = draft_top1(draft, features[:, index]) == target_argmax[:, 1:][:, index]
+        hit = draft_hits(draft, features[:, index], target_argmax[:, 1:][:, index], top_k)
         accepted[step - 1] += float((live & hit).sum())
         counted[step - 1] += float(live.sum())
         alive[:, : count - shift] = live & hit & follows_data[:, 1:][:, index]
