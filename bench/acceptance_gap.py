@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from beagle import GenerationSettings, SpeculativeGenerator, TreeSettings, load_draft, load_target
-from beagle.bench.prompts import load_prompts, prompt_ids
+from beagle.data.prompt_sets import load_prompts, prompt_ids
 from beagle.data.batches import ChatDataset
 from beagle.data.conversations import Example
 from beagle.training.evaluation import simulated_acceptance, simulated_tau

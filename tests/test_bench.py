@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from beagle.bench.harness import resolve_methods, rotated, run_benchmark
-from beagle.bench.prompts import BenchPrompt, limit_prompts, load_prompt_file, prompt_ids
+from beagle.data.prompt_sets import BenchPrompt, limit_prompts, load_prompt_file, prompt_ids
 from beagle.decoding.sampling import GenerationSettings
 from beagle.decoding.tree import TreeSettings
 from beagle.errors import BeagleError, DataError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from beagle import GenerationSettings, SpeculativeGenerator
-from beagle.bench.prompts import load_prompts, prompt_ids
+from beagle.data.prompt_sets import load_prompts, prompt_ids
 from beagle.cli.main import main
 from beagle.errors import BeagleError
 from beagle.models.checkpoint import build_draft, load_draft

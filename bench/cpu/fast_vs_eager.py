@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from beagle.bench.prompts import load_prompts, prompt_ids
+    from beagle.data.prompt_sets import load_prompts, prompt_ids
     from beagle.decoding.engine import SpeculativeGenerator
     from beagle.decoding.sampling import GenerationSettings
     from beagle.decoding.tree import TreeSettings

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from beagle.bench.harness import run_benchmark
-    from beagle.bench.prompts import load_prompts
+    from beagle.data.prompt_sets import load_prompts
     from beagle.decoding.sampling import GenerationSettings
     from beagle.decoding.tree import TreeSettings
     from beagle.models.checkpoint import load_draft

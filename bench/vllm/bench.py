@@ -30,7 +30,7 @@ def _emit(record: dict, path: str | None) -> None:
 
 
 def cmd_prompts(args) -> None:
-    from beagle.bench.prompts import load_prompts
+    from beagle.data.prompt_sets import load_prompts
 
     prompts = load_prompts("mt-bench", limit=args.limit)
     with open(args.out, "w") as sink:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from beagle.bench.prompts import BenchPrompt, as_prompts, prompt_ids
+from beagle.data.prompt_sets import BenchPrompt, as_prompts, prompt_ids
 from beagle.bench.summary import BASELINES, environment, summarize
 from beagle.decoding.engine import SpeculativeGenerator
 from beagle.decoding.sampling import GenerationSettings
@@ -248,7 +248,7 @@ def run_benchmark(
     """Benchmark ``methods`` on ``prompts`` and return the results dict (written to ``out_dir`` when given).
 
     target: a :class:`~beagle.target_model.model.TargetModel`; drafts: {name: draft model};
-    prompts: :class:`~beagle.bench.prompts.BenchPrompt` s (or strings / prompt-file records);
+    prompts: :class:`~beagle.data.prompt_sets.BenchPrompt` s (or strings / prompt-file records);
     settings: generation settings shared by every method (no stop strings; seed = base seed, the
     n-th prompt turn uses seed + n); methods: see :func:`resolve_methods`; tree: draft tree settings;
     noconcat: add ``<name>-noconcat`` for Beagle drafts; warmup_tokens: new tokens of the warm-up

@@ -79,7 +79,7 @@ def draft_names(paths: list[str], names: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from beagle.bench.harness import run_benchmark
-    from beagle.bench.prompts import load_prompts
+    from beagle.data.prompt_sets import load_prompts
     from beagle.bench.report import markdown_table
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import load_draft

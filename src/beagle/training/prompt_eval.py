@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 def benchmark_answers(target, source: str, count: int, new_tokens: int, batch_size: int | None = None,
                       max_length: int = 2048) -> ChatDataset:
     """The target's greedy answers to the first turn of ``count`` prompts of ``source`` (``mt-bench``,
-    ``humaneval``, ``sharegpt-heldout`` or a prompt file, see :func:`beagle.bench.prompts.load_prompts`),
+    ``humaneval``, ``sharegpt-heldout`` or a prompt file, see :func:`beagle.data.prompt_sets.load_prompts`),
     as tokenized conversations (prompt + answer, the answer's tokens trained)."""
-    from beagle.bench.prompts import load_prompts
+    from beagle.data.prompt_sets import load_prompts
     from beagle.data.generation_pool import Conversation, run_pool
     from beagle.data.regenerate import RegenerateSettings
 
