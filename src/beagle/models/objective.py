@@ -93,9 +93,15 @@ def draft_top1(draft, hidden: torch.Tensor) -> torch.Tensor:
     return draft.to_target_ids(draft.draft_logits(hidden).argmax(dim=-1))
 
 
-def draft_hits(draft, hidden: torch.Tensor, target_ids: torch.Tensor, top_k: int = 1) -> torch.Tensor:
+def draft_hits(draft, hidden: torch.Tensor, target_ids: torch.Tensor, top_k: int = 1,
+               where: torch.Tensor | None = None) -> torch.Tensor:
     """[..., d] hidden, [...] target ids -> [...] bool: the target's token is among the draft's ``top_k``
-    proposals there (over its draft vocabulary; ``top_k=1``: its greedy proposal, as a chain drafts)."""
+    proposals there (over its draft vocabulary; ``top_k=1``: its greedy proposal, as a chain drafts).
+    ``where`` ([...] bool): only those positions are scored (the LM head runs on them alone), the rest are False."""
+    if where is not None:
+        hits = torch.zeros(target_ids.shape, dtype=torch.bool, device=target_ids.device)
+        hits[where] = draft_hits(draft, hidden[where], target_ids[where], top_k)
+        return hits
     if top_k <= 1:
         return draft_top1(draft, hidden) == target_ids
     logits = draft.draft_logits(hidden)

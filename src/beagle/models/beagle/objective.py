@@ -236,7 +236,7 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int,
             step, positions = out.step, out.query_positions
             roots = positions - step + 1
             live = out.query_valid & alive.gather(1, roots.clamp_min(0)) & position_mask.gather(1, positions)
-            hit = draft_hits(draft, out.hidden, target_argmax.gather(1, positions), top_k)
+            hit = draft_hits(draft, out.hidden, target_argmax.gather(1, positions), top_k, where=live)
             accepted[step - 1] += float((live & hit).sum())
             counted[step - 1] += float(live.sum())
             # Padding rows point at root 0, which is never alive (no context): writing False there is harmless.

@@ -122,7 +122,7 @@ def simulated_acceptance(draft, batch: TrainBatch, depth: int,
             break
         index = torch.arange(shift, count, device=states.device)  # q; root r = q - shift
         live = alive[:, : count - shift] & position_mask[:, 1:][:, index]
-        hit = draft_hits(draft, features[:, index], target_argmax[:, 1:][:, index], top_k)
+        hit = draft_hits(draft, features[:, index], target_argmax[:, 1:][:, index], top_k, where=live)
         accepted[step - 1] += float((live & hit).sum())
         counted[step - 1] += float(live.sum())
         alive[:, : count - shift] = live & hit & follows_data[:, 1:][:, index]
