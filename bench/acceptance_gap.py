@@ -162,7 +162,7 @@ def main() -> None:
         if regenerated is not None:
             entry["sim@regenerated"] = sim(draft, regenerated[0], args.depth)
             entry[f"sim@regenerated-cut{args.max_new_tokens}"] = sim(draft, regenerated[1], args.depth)
-            logger.info("%s regenerated: %s", draft_name, entry["sim@regenerated"]["top1"]["tau"])
+            logger.info("%s regenerated: %s", draft_name, json.dumps({key: value for key, value in entry.items()}))
         for set_name, prompts in sets.items():
             row = entry[set_name] = {}
             started = time.perf_counter()

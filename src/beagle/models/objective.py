@@ -47,6 +47,8 @@ class TrainBatch:
     lengths: torch.Tensor
     states: torch.Tensor | None
     seeds: torch.Tensor
+    # [B, T] long, filled by greedy_reference on first use (the target's argmax depends on the states only)
+    target_argmax: torch.Tensor | None = None
 
     def to(self, device) -> "TrainBatch":
         return TrainBatch(*(None if getattr(self, name) is None else getattr(self, name).to(device)
@@ -112,8 +114,16 @@ def draft_hits(draft, hidden: torch.Tensor, target_ids: torch.Tensor, top_k: int
 def greedy_reference(draft, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """What simulated acceptance compares against: the target's argmax [B, T] at every position, and
     ``follows_data`` [B, T] bool: position i is trained and the data token x_{i+1} is that argmax (so the
-    teacher-forced path is the one greedy drafting and verification would take there)."""
-    target_argmax = draft.logits(batch.states.float()).argmax(dim=-1)
+    teacher-forced path is the one greedy drafting and verification would take there).
+
+    The argmax is computed at trained positions only (-1 elsewhere, where nothing is counted) and kept in
+    ``batch.target_argmax``: another draft of the same target, or another top-k, reuses it."""
+    if batch.target_argmax is None:
+        mask = batch.position_mask
+        target_argmax = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        target_argmax[mask] = draft.logits(batch.states[mask].float()).argmax(dim=-1)
+        batch.target_argmax = target_argmax
+    target_argmax = batch.target_argmax
     next_tokens = torch.zeros_like(batch.input_ids)
     next_tokens[:, :-1] = batch.input_ids[:, 1:]
     return target_argmax, batch.position_mask & (target_argmax == next_tokens)
