@@ -32,59 +32,48 @@ from beagle import GenerationSettings, SpeculativeGenerator, TreeSettings, load_
 from beagle.data.prompt_sets import load_prompts, prompt_ids
 from beagle.data.batches import ChatDataset
 from beagle.data.conversations import Example
-from beagle.training.evaluation import simulated_acceptance, simulated_tau
-from beagle.training.inputs import make_batch, with_states
+from beagle.decoding.stats import DecodeStats
+from beagle.training.evaluation import simulated_tau, state_batches, summed_acceptance
 
 logger = logging.getLogger("acceptance_gap")
 
 
 def generate_set(generator, target, prompts, tokens: int):
-    """Greedy answers (first turn) and the merged decoding statistics."""
+    """(the prompts with their greedy answers as Examples, the answers' token ids, the merged statistics)."""
     settings = GenerationSettings(max_new_tokens=tokens)
-    examples, lengths, passes, rates = [], [], 0, []
-    accept, depths = [], []
+    examples, answers = [], []
+    merged = DecodeStats()
     for prompt in prompts:
         ids = prompt_ids(target, prompt, 0)
         out = generator.generate(ids, settings)
         examples.append(Example(np.array(ids + out.token_ids, dtype=np.int32),
                                 np.array([0] * len(ids) + [1] * len(out.token_ids), dtype=bool)))
-        lengths.append(out.stats.new_tokens)
-        passes += out.stats.target_passes
-        accept += out.stats.accept_lengths
-        depths += out.stats.tree_depths
-        rates.append(out.token_ids)
-    new = sum(lengths)
-    from beagle.decoding.stats import DecodeStats
-
-    merged = DecodeStats(new_tokens=new, target_passes=passes, accept_lengths=accept, tree_depths=depths)
-    # τ counts the prefill pass like `beagle bench` does (new tokens / target passes)
-    return examples, rates, {"tau": round(merged.tau, 4), "tau_rounds": round(1 + np.mean(accept), 4) if accept else 1.0,
-                             "acceptance_by_depth": [round(r, 4) for r in merged.acceptance_by_depth()],
-                             "new_tokens": new, "prompts": len(prompts)}
+        answers.append(out.token_ids)
+        merged.new_tokens += out.stats.new_tokens
+        merged.target_passes += out.stats.target_passes
+        merged.accept_lengths += out.stats.accept_lengths
+        merged.tree_depths += out.stats.tree_depths
+    rounds = merged.accept_lengths
+    # tau counts the prefill pass like `beagle bench` (new tokens / target passes); tau_rounds = 1 + mean accepted
+    return examples, answers, {"tau": round(merged.tau, 4),
+                               "tau_rounds": round(1 + float(np.mean(rounds)), 4) if rounds else 1.0,
+                               "acceptance_by_depth": [round(r, 4) for r in merged.acceptance_by_depth()],
+                               "new_tokens": merged.new_tokens, "prompts": len(prompts)}
 
 
 TOP_KS = (1, 2, 4, 10)  # τ_sim's view: top-1 (a chain), or the target's token among the draft's top-k
 
 
-def state_batches(target, dataset, batch_size: int) -> list:
-    """The dataset's micro-batches with the target's states, computed once (every draft and top-k reuses them)."""
-    pad_id = int(getattr(target.tokenizer, "pad_token_id", None) or 0)
-    indices = list(range(len(dataset)))
-    return [with_states(make_batch(dataset, indices[start : start + batch_size], 0, 0, pad_id), target, "cpu")
-            for start in range(0, len(indices), batch_size)]
+def batches_with_states(target, dataset, batch_size: int) -> list:
+    """The dataset's micro-batches with the target's states, made once (every draft and top-k reuses them)."""
+    return list(state_batches(target, dataset, list(range(len(dataset))), batch_size, "cpu"))
 
 
-@torch.no_grad()
 def sim(draft, batches: list, depth: int) -> dict:
     """τ_sim by top-k: {"top1": {"tau", "acceptance", "counted"}, "top2": ...}."""
     result = {}
     for top_k in TOP_KS:
-        accepted = torch.zeros(depth, dtype=torch.float64)
-        counted = torch.zeros(depth, dtype=torch.float64)
-        for batch in batches:
-            got, total = simulated_acceptance(draft, batch, depth, top_k)
-            accepted += got
-            counted += total
+        accepted, counted = summed_acceptance(draft, batches, depth, top_k)
         rates, tau = simulated_tau(accepted, counted)
         result[f"top{top_k}"] = {"tau": round(tau, 4), "acceptance": [round(r, 4) for r in rates],
                                  "counted": counted.tolist()}
@@ -144,7 +133,7 @@ def main() -> None:
     chain = TreeSettings(depth=args.depth, top_k=1, total_tokens=args.depth)
     sets = {name: load_prompts(name, limit=args.limit) for name in args.sets.split(",")}
     result = {"command": "python bench/acceptance_gap.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False, True))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, bool))
         + (" --chain" if args.chain else ""),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "dtype": args.dtype, "tree": vars(tree), "depth": args.depth, "drafts": {}}
@@ -152,8 +141,8 @@ def main() -> None:
     if args.regenerated and Path(args.regenerated).exists():
         full = ChatDataset.from_file(args.regenerated, target.tokenizer, 2048)
         kept = ChatDataset(full.examples[: args.regenerated_count])
-        regenerated = (state_batches(target, kept, args.batch_size),
-                       state_batches(target, cut_answers(kept, args.max_new_tokens), args.batch_size))
+        regenerated = (batches_with_states(target, kept, args.batch_size),
+                       batches_with_states(target, cut_answers(kept, args.max_new_tokens), args.batch_size))
     human = {}
     answers_of = {}
     for draft_name in args.drafts.split(","):
@@ -174,10 +163,10 @@ def main() -> None:
                 row["chain_equals_tree_output"] = chain_tokens == tokens
             previous = answers_of.setdefault(set_name, tokens)
             row["answers_equal_other_drafts"] = previous == tokens
-            row["sim@answers"] = sim(draft, state_batches(target, ChatDataset(examples), args.batch_size), args.depth)
+            row["sim@answers"] = sim(draft, batches_with_states(target, ChatDataset(examples), args.batch_size), args.depth)
             if set_name == "sharegpt-heldout":
                 if set_name not in human:
-                    human[set_name] = state_batches(target, human_answers(prompts, target.tokenizer, 2048),
+                    human[set_name] = batches_with_states(target, human_answers(prompts, target.tokenizer, 2048),
                                                     args.batch_size)
                 row["sim@human"] = sim(draft, human[set_name], args.depth)
             row["wall_s"] = round(time.perf_counter() - started, 1)

@@ -67,8 +67,6 @@ class Architecture:
     def simulated_acceptance(self, draft, batch, depth: int, top_k: int = 1):
         """Greedy acceptance by draft position on held-out ``batch``: (accepted [depth], counted [depth]);
         ``top_k`` > 1 accepts a step when the target's token is among the draft's top-k there."""
-        if top_k == 1:
-            return _resolve(self.acceptance)(draft, batch, depth)
         return _resolve(self.acceptance)(draft, batch, depth, top_k=top_k)
 
     def stage_of(self, epoch: int, epochs_stage1: int) -> int:

@@ -37,11 +37,12 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "trainer_state.pt"
 STATE_VERSION = 2  # 2: optimizer state keyed by parameter name (any --fsdp mode); 1 still loads
 LOGS_NAME = "logs"
+BEST_NAME = "best"  # --keep-best: the draft of the best evaluation so far
 # Left in --out by a run killed mid-save: the draft's staging folder (and save_draft's temporaries and
 # backup of it), the trainer state's temporary file. Removed when the next run starts.
 STALE_TEMPORARIES = (".draft-staging", ".draft-staging.old", "..draft-staging.*", f".{STATE_NAME}.tmp",
-                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}", "best/.draft-staging", "best/.draft-staging.old",
-                     "best/..draft-staging.*")
+                     f".{STATE_NAME}.*{TEMPORARY_SUFFIX}", f"{BEST_NAME}/.draft-staging",
+                     f"{BEST_NAME}/.draft-staging.old", f"{BEST_NAME}/..draft-staging.*")
 # TrainConfig fields a resumed run may change: how long it runs, how it is laid out on the hardware, what
 # it logs, and the paths (the data and the target are compared by content instead).
 RESUME_MAY_CHANGE = frozenset({
@@ -49,7 +50,6 @@ RESUME_MAY_CHANGE = frozenset({
     "fsdp", "micro_batch_size", "device", "dtype", "tensorboard", "progress", "log_every", "loss_chunk",
     "regenerate_batch_size", "eval_prompts", "eval_prompt_count", "eval_new_tokens", "eval_top_k", "keep_best",
 })
-BEST_NAME = "best"  # --keep-best: the draft of the best evaluation so far
 
 
 

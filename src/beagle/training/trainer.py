@@ -60,7 +60,7 @@ from beagle.training.distributed import (
     shard_draft,
     shard_target,
 )
-from beagle.training.evaluation import heldout_acceptance, simulated_acceptance, simulated_tau
+from beagle.training.evaluation import simulated_acceptance, simulated_tau, state_batches, summed_acceptance
 from beagle.training.inputs import load_dataset, load_eval_dataset, make_batch, split_heldout, with_states
 from beagle.training.schedule import LRSchedule
 from beagle.vocab.core import load_vocab
@@ -121,6 +121,7 @@ class Trainer:
             self.eval_dataset = self.dataset
             self.train_indices, self.heldout_indices = split_heldout(len(self.dataset), config)
         self.prompt_dataset = None
+        self._prompt_batches = None  # the prompt dataset's micro-batches with their states, made at the first evaluation
         if config.eval_prompts is not None:  # every rank answers (deterministic): sharded drafts evaluate on all
             from beagle.training.prompt_eval import benchmark_answers
 
@@ -302,20 +303,19 @@ class Trainer:
         """--eval-prompts: τ_sim (top-1, a chain) and its top-k view on the target's answers to the prompts."""
         if self.prompt_dataset is None:
             return {}
-        indices = list(range(len(self.prompt_dataset)))
-        result = {"prompts": self.config.eval_prompts}
-        for key, top_k in (("prompts", 1), ("prompts_topk", self.config.eval_top_k)):
-            accepted, counted = heldout_acceptance(self.draft, self.target, self.prompt_dataset, indices, depth,
-                                                   self.micro_batch, self.pad_id, top_k=top_k)
-            rates, tau = simulated_tau(accepted, counted)
-            result[f"{key}_acceptance"], result[f"{key.replace('prompts', 'prompts_tau')}"] = rates, tau
-        result["prompts_top_k"] = self.config.eval_top_k
-        return result
+        if self._prompt_batches is None:  # the target is frozen: its states (and argmax) serve every evaluation
+            indices = list(range(len(self.prompt_dataset)))
+            self._prompt_batches = list(state_batches(self.target, self.prompt_dataset, indices, self.micro_batch,
+                                                      self.device, self.pad_id))
+        top_k = self.config.eval_top_k
+        rates, tau = simulated_tau(*summed_acceptance(self.draft, self._prompt_batches, depth))
+        rates_topk, tau_topk = simulated_tau(*summed_acceptance(self.draft, self._prompt_batches, depth, top_k))
+        return {"prompts": self.config.eval_prompts, "prompts_acceptance": rates, "prompts_tau": tau,
+                "prompts_topk_acceptance": rates_topk, "prompts_tau_topk": tau_topk, "prompts_top_k": top_k}
 
     def _is_best(self) -> bool:
         """--keep-best: the latest evaluation beats every earlier one of this run (ties keep the earlier)."""
-        key = {"tau": "tau", "prompts_tau": "prompts_tau", "prompts_tau_topk": "prompts_tau_topk"}.get(
-            self.config.keep_best or "")
+        key = self.config.keep_best  # the name of its entry in each evaluation
         history = self.progress.history
         if key is None or not history or history[-1].get(key) is None:
             return False
