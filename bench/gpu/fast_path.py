@@ -79,8 +79,9 @@ def measure_shape(shape: str, layers: int, args, device: str, rows: list) -> Non
         "ar-fast-t1": dict(draft=None, fast=True, temperature=1.0),  # the one sampling graph
         "beagle-fast-t1": dict(draft="beagle", fast=True, temperature=1.0),
     }
+    chosen = methods if args.methods is None else {name: methods[name] for name in args.methods.split(",")}
     per_pass = {}
-    for name, options in methods.items():
+    for name, options in chosen.items():
         try:
             per_pass[name] = measure_method(name, options, target, drafts, prompt, settings, args, device, shape,
                                             layers, rows)
@@ -167,21 +168,23 @@ def measure_hf(target, prompt, args, shape, layers, rows) -> None:
     print(json.dumps(rows[-1]), flush=True)
 
 
-def fp32_check(shape: str, layers: int, device: str, rows: list) -> None:
-    """The fast path's tokens equal the eager path's in fp32 (AR and Beagle; random weights)."""
+def fp32_check(shape: str, layers: int, device: str, rows: list, fast_attention: str = "sdpa") -> None:
+    """The fast path's tokens equal the eager path's in fp32 (AR and Beagle; random weights; the fast path
+    with ``fast_attention``)."""
     from beagle.decoding.engine import SpeculativeGenerator
     from beagle.decoding.sampling import GenerationSettings
     from beagle.models.checkpoint import build_draft
     from random_models import random_target
 
     target = random_target(shape, layers, device, torch.float32)
+    target.fast_attention = fast_attention
     draft = build_draft(target, "beagle").float()
     prompt = torch.randint(0, target.vocab_size, (100,), generator=torch.Generator().manual_seed(1)).tolist()
     settings = GenerationSettings(max_new_tokens=48, ignore_eos=True)
     eager = SpeculativeGenerator(target, fast=False).generate(prompt, settings).token_ids
     for name, draft_or_none in (("ar", None), ("beagle", draft)):
         fast = SpeculativeGenerator(target, draft_or_none, fast=True).generate(prompt, settings).token_ids
-        rows.append({"shape": shape, "check": f"fp32 {name} fast == eager AR", "equal": fast == eager})
+        rows.append({"shape": shape, "check": f"fp32 {name} fast ({fast_attention}) == eager AR", "equal": fast == eager})
         print(json.dumps(rows[-1]), flush=True)
     del target, draft
 
@@ -237,6 +240,7 @@ def main() -> None:
                         help="after the shapes: reserve CONTEXT tokens on the first shape and time requests twice")
     parser.add_argument("--fast-attention", default="sdpa", choices=["sdpa", "grouped"],
                         help="the fast path's attention (beagle.kernels.fast_attention)")
+    parser.add_argument("--methods", default=None, help="a comma-separated subset of the methods (default: all)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     from beagle.kernels.attention_backend import configure_attention
@@ -253,7 +257,7 @@ def main() -> None:
               "transformers": transformers.__version__, "fast_attention": args.fast_attention, "context": args.context, "tokens": args.tokens,
               "repeats": args.repeats, "rows": rows}
     if args.fp32_check:
-        fp32_check(shapes[0][0], shapes[0][1], device, rows)
+        fp32_check(shapes[0][0], shapes[0][1], device, rows, args.fast_attention)
     for shape, layers in shapes:
         measure_shape(shape, layers, args, device, rows)
         Path(args.out).write_text(json.dumps(report, indent=2))  # after each shape: a cut run keeps its numbers

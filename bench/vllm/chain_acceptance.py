@@ -28,7 +28,7 @@ def main() -> None:
 
     from beagle.decoding.tree import TreeSettings, build_tree
     from beagle.models.checkpoint import load_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     target = load_target("smollm2", dtype="float32", device="cpu")
     prompts = [json.loads(line) for line in open(args.prompts) if line.strip()]

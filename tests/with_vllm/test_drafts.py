@@ -44,7 +44,7 @@ def engine(request, target_path, exported):
 def ours(target_path):
     """Our drafts in fp32, bound to the HF target (for the forward comparison)."""
     from beagle.models.checkpoint import load_draft
-    from beagle.target.model import load_target
+    from beagle.target_model.model import load_target
 
     target = load_target(target_path, dtype="float32", device="cpu")
     return {arch: load_draft(f"smollm2-{arch}", target=target, dtype=torch.float32) for arch in ("eagle2", "beagle")}
