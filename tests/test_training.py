@@ -56,12 +56,16 @@ def drafter_states(draft, tokens, states, start, steps, concat=True):
 
 
 @torch.no_grad()
-def test_stage2_simulation_equals_inference_drafting(target):
+@pytest.mark.parametrize("skip", [False, True], ids=["paper", "last-state-skip"])
+def test_stage2_simulation_equals_inference_drafting(target, skip):
     """THE key property: with noise off, the state the stage-2 simulation computes at window position i
     is the state the inference drafter computes after drafting the same tokens greedily from the block
-    start (true states before the start, its own states appended since, concat on)."""
+    start (true states before the start, its own states appended since, concat on). With the last-state
+    skip (random, non-zero weights) too: training picks the newest visible state as inference does."""
     torch.manual_seed(1)
-    draft = build_draft(target, "beagle").eval()
+    draft = build_draft(target, "beagle", last_state_skip=skip).eval()
+    if skip:
+        torch.nn.init.normal_(draft.skip.weight, std=0.3)
     batch = sequence_batch(target, [29, 21], seed=1)
     window, offsets = 4, torch.tensor([3, 0])
     simulated = {}

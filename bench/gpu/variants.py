@@ -19,6 +19,7 @@ class Variant:
     window: int | None = None  # --window
     sim_steps: int | None = None  # --sim-steps
     all_kv_heads: bool = False  # --draft-kv-heads = every attention head (the knob --kv-all)
+    last_state_skip: bool = False  # --last-state-skip (Beagle beyond the paper)
     fine_tune: bool = False  # start from the shipped draft of its arch (--init-draft, lr --lr-ft)
 
 
@@ -31,16 +32,20 @@ VARIANTS = {
     "beagle-sim5": Variant("beagle", "regenerated", "--sim-steps 5 (stage 2 covers the tree depth)", sim_steps=5),
     "beagle-kv": Variant("beagle", "regenerated", "--draft-kv-heads = all heads (values keep every state dim)",
                          all_kv_heads=True),
+    "beagle-skip": Variant("beagle", "regenerated", "--last-state-skip (W·norm(newest visible state) on the residual)",
+                           last_state_skip=True),
     "eagle2": Variant("eagle2", "regenerated", "EAGLE-2 on the regenerated data"),
     "eagle2-fixed": Variant("eagle2", "fixed", "EAGLE-2 on ShareGPT's answers"),
     "beagle-ft": Variant("beagle", "regenerated", "the shipped Beagle draft fine-tuned (--init-draft, lr --lr-ft)",
                          fine_tune=True),
     "eagle2-ft": Variant("eagle2", "regenerated", "the shipped EAGLE-2 draft fine-tuned (--init-draft, lr --lr-ft)",
                          fine_tune=True),
+    "beagle-skip-ft": Variant("beagle", "regenerated", "the shipped Beagle draft fine-tuned with --last-state-skip "
+                              "(zero-initialised)", fine_tune=True, last_state_skip=True),
 }
 # The variants `driver.py ablations` trains unless --variants names others.
 DEFAULT_VARIANTS = ["beagle", "beagle-fixed", "beagle-stage1", "beagle-window3", "beagle-sim5", "beagle-kv", "eagle2",
-                    "beagle-ft", "eagle2-ft"]
+                    "beagle-ft", "eagle2-ft", "beagle-skip", "beagle-skip-ft"]
 PAIRS = [  # (question, run, reference) of the table's Δτ_sim column
     ("regenerated vs fixed data (Beagle)", "beagle", "beagle-fixed"),
     ("stage 1 + 2 vs stage 1 only", "beagle", "beagle-stage1"),
@@ -52,6 +57,8 @@ PAIRS = [  # (question, run, reference) of the table's Δτ_sim column
     ("fine-tuned shipped vs from scratch (Beagle)", "beagle-ft", "beagle"),
     ("fine-tuned shipped vs from scratch (EAGLE-2)", "eagle2-ft", "eagle2"),
     ("EAGLE-2 vs Beagle (fine-tuned)", "eagle2-ft", "beagle-ft"),
+    ("last-state skip vs none (from scratch)", "beagle-skip", "beagle"),
+    ("last-state skip vs none (fine-tuned)", "beagle-skip-ft", "beagle-ft"),
 ]
 
 
@@ -86,6 +93,8 @@ def train_args(name: str, knobs: TrainKnobs) -> list[str]:
         args += ["--draft-kv-heads", str(knobs.kv_all)]
     if variant.fine_tune:
         args += ["--init-draft", str(knobs.init_drafts[variant.arch]), "--lr", str(knobs.lr_ft)]
+    if variant.last_state_skip:
+        args += ["--last-state-skip"]
     return args
 
 

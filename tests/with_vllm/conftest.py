@@ -72,12 +72,28 @@ def hf_greedy(target_path, prompt_ids, tokenizer) -> list[list[int]]:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, target_path) -> dict[str, str]:
+def skip_draft_folder(tmp_path_factory) -> str:
+    """The shipped Beagle draft with the last-state skip added and given small random weights (seed 0)."""
+    import torch
+
+    from beagle.models.checkpoint import load_draft, save_draft
+
+    draft = load_draft("smollm2-beagle").enable_last_state_skip()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.nn.init.normal_(draft.skip.weight, std=0.01)
+    return str(save_draft(draft, tmp_path_factory.mktemp("skip-draft") / "beagle-skip"))
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, target_path, skip_draft_folder) -> dict[str, str]:
+    """Exports for vLLM: eagle2, beagle (shipped) and beagle-skip (Beagle with the last-state skip)."""
     from beagle.integrations.export import export_draft
 
     root = tmp_path_factory.mktemp("vllm-drafts")
-    return {arch: str(export_draft(f"smollm2-{arch}", root / arch, format="vllm", target=target_path))
-            for arch in ("eagle2", "beagle")}
+    sources = {"eagle2": "smollm2-eagle2", "beagle": "smollm2-beagle", "beagle-skip": skip_draft_folder}
+    return {name: str(export_draft(source, root / name, format="vllm", target=target_path))
+            for name, source in sources.items()}
 
 
 def make_llm(target_path: str, draft: str | None, **overrides):

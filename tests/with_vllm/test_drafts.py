@@ -1,5 +1,6 @@
 """Each exported draft inside vLLM (its EAGLE proposer, chain of 4): greedy output unchanged, acceptance > 1,
-the draft's forward in vLLM equal to ours on the same inputs, sampling at T=1 runs."""
+the draft's forward in vLLM equal to ours on the same inputs, sampling at T=1 runs. ``beagle-skip`` is the
+shipped Beagle draft with the last-state skip (small random weights), so the plugin's skip path is checked."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _captured(worker):
     return worker._beagle_calls
 
 
-@pytest.fixture(scope="module", params=["eagle2", "beagle"])
+@pytest.fixture(scope="module", params=["eagle2", "beagle", "beagle-skip"])
 def engine(request, target_path, exported):
     llm = make_llm(target_path, exported[request.param])
     classes = llm.collective_rpc(_install_capture)
@@ -41,18 +42,20 @@ def engine(request, target_path, exported):
 
 
 @pytest.fixture(scope="module")
-def ours(target_path):
+def ours(target_path, skip_draft_folder):
     """Our drafts in fp32, bound to the HF target (for the forward comparison)."""
     from beagle.models.checkpoint import load_draft
     from beagle.target_model.model import load_target
 
     target = load_target(target_path, dtype="float32", device="cpu")
-    return {arch: load_draft(f"smollm2-{arch}", target=target, dtype=torch.float32) for arch in ("eagle2", "beagle")}
+    sources = {"eagle2": "smollm2-eagle2", "beagle": "smollm2-beagle", "beagle-skip": skip_draft_folder}
+    return {name: load_draft(source, target=target, dtype=torch.float32) for name, source in sources.items()}
 
 
 def test_greedy_unchanged_and_drafts_accepted(engine, prompt_ids, hf_greedy, tokenizer):
     arch, llm, model_class = engine
-    assert model_class == {"eagle2": "EagleLlamaForCausalLM", "beagle": "BeagleDraftForCausalLM"}[arch]
+    assert model_class == {"eagle2": "EagleLlamaForCausalLM", "beagle": "BeagleDraftForCausalLM",
+                           "beagle-skip": "BeagleDraftForCausalLM"}[arch]
     assert greedy_ids(llm, prompt_ids, tokenizer.eos_token_id) == hf_greedy
     metrics = spec_metrics(llm)
     print(f"{arch}: {metrics}")
@@ -82,7 +85,8 @@ def test_draft_forward_in_vllm_equals_ours(engine, ours, prompt_ids):
             else:
                 slots = torch.arange(length)[None]
                 keys, values = draft.project_states(states, slots)
-                expected = draft.decode(tokens, slots + 1, keys, values, causal)[0]
+                # the newest state the query of slot i sees is h_i, its own slot's (read by the skip only)
+                expected = draft.decode(tokens, slots + 1, keys, values, causal, states)[0]
             torch.testing.assert_close(out[begin:end].float(), expected, atol=1e-4, rtol=1e-4)
 
 

@@ -100,7 +100,7 @@ class FastState:
         self.rows = min(depth, self.nodes) + 1  # P
         tree_slots = depth * tree.top_k + 1  # ≥ both drafts' tree entries: 1 + k(D-2) (Beagle), k(D-1) (EAGLE-2)
         self.draft_cache = FastDraftCache(draft.config.num_key_value_heads, draft.config.head_dim, draft.device,
-                                            draft.dtype, self.capacity, tree_slots)
+                                            draft.dtype, self.capacity, tree_slots, state_size=target.hidden_size)
         self.draft_cache.concat = concat
         hidden_size = target.hidden_size
         self.root_hidden = torch.zeros(1, hidden_size, dtype=draft.dtype, device=device)
@@ -314,7 +314,8 @@ class FastState:
         tensors = {"length": self.length, "root_token": self.root_token}
         if self.draft is not None:
             tensors |= {"root_hidden": self.root_hidden, "draft_keys": self.draft_cache.keys,
-                        "draft_values": self.draft_cache.values, "draft_length": self.draft_cache.length_t}
+                        "draft_values": self.draft_cache.values, "draft_length": self.draft_cache.length_t,
+                        "draft_last_state": self.draft_cache.last_state}
         tensors["target_cache"] = self.passes.cache.store
         return {name: tensor.clone() for name, tensor in tensors.items()} | {"_live": tensors}
 

@@ -86,6 +86,7 @@ def vllm_config(draft, dtype: torch.dtype, target: str | None, source: str) -> d
         "vocab_size": config.vocab_size,
         # EAGLE-2: the folded fc bias lives in the attention biases. Beagle: our own q/k/v bias flag.
         "attention_bias": True if config.arch == "eagle2" else config.attention_bias,
+        "last_state_skip": config.last_state_skip,
         "mlp_bias": False,
         "tie_word_embeddings": False,
         "torch_dtype": str(dtype).removeprefix("torch."),

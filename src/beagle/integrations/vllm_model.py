@@ -10,7 +10,9 @@ fits that pairing exactly:
     y_i   = o_proj(Attention(q_i; k_j, v_j for slots j <= i)) + e(x_{i+1})     (causal over slots)
     out_i = MLP(norm_m(y_i)) + y_i        -> the target's LM head (no final norm), and the next step's h
 
-so the query of x_{i+1} sees the states h_j, j < i+1, as in Beagle; while drafting, vLLM feeds the draft's
+so the query of x_{i+1} sees the states h_j, j < i+1, as in Beagle; with the last-state skip
+(``last_state_skip`` in the config) y_i also adds W_s · norm_s(h_i): slot i's own state is the newest one its
+query sees, the skip's input in Beagle; while drafting, vLLM feeds the draft's
 own output as the next slot's hidden state, i.e. Beagle's concat mode (draft states appended as keys/values).
 vLLM drafts a chain (one token per step); Beagle's dynamic tree stays in ``beagle generate`` / ``serve``.
 """
@@ -25,7 +27,7 @@ from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.layernorm import RMSNorm
-from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -96,6 +98,10 @@ class BeagleModel(nn.Module):
                                                prefix=maybe_prefix(prefix, f"layers.{start_layer_id}.cross_attn"))
         self.mlp_norm = RMSNorm(size, eps=eps)
         self.mlp = LlamaMLP(size, config.intermediate_size, "silu", prefix=maybe_prefix(prefix, "mlp"))
+        self.skip_norm = self.skip = None
+        if getattr(config, "last_state_skip", False):
+            self.skip_norm = RMSNorm(size, eps=eps)
+            self.skip = ReplicatedLinear(size, size, bias=False, prefix=maybe_prefix(prefix, "skip"))
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
@@ -104,6 +110,8 @@ class BeagleModel(nn.Module):
                 inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         embedded = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         attended = self.cross_attn(positions, self.query_norm(embedded), self.state_norm(hidden_states)) + embedded
+        if self.skip is not None:
+            attended = attended + self.skip(self.skip_norm(hidden_states))[0]
         out = self.mlp(self.mlp_norm(attended)) + attended
         return out, out
 

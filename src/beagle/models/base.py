@@ -185,6 +185,10 @@ class DraftModel(nn.Module):
         """Closed-form count of the trainable parameters of a draft of this class shaped by ``config``."""
         raise NotImplementedError
 
+    def zero_initialised(self) -> list[torch.nn.Linear]:
+        """Linear layers that must start at zero (the random initialisation skips them)."""
+        return []
+
     # ---------------------------------------------------------- inference
     def new_cache(self, capacity: int = 256) -> DraftCache:
         return DraftCache(self.config.num_key_value_heads, self.config.head_dim, self.device, self.dtype, capacity)

@@ -194,12 +194,15 @@ def read_checkpoint_vocab(directory, config: DraftConfig) -> DraftVocab | None:
     return vocab.check(config.vocab_size, config.target.get("name"))
 
 
-def build_draft(target, arch: str, num_key_value_heads: int | None = None) -> DraftModel:
+def build_draft(target, arch: str, num_key_value_heads: int | None = None,
+                last_state_skip: bool = False) -> DraftModel:
     """A freshly initialised draft of ``arch`` shaped for ``target`` and bound to it (with its own number of
-    key/value heads when ``num_key_value_heads`` is given; default: the target's); its config records the
-    target's shapes and a fingerprint of its embedding / LM-head weights."""
+    key/value heads when ``num_key_value_heads`` is given; default: the target's; with Beagle's last-state
+    skip when ``last_state_skip``); its config records the target's shapes and a fingerprint of its
+    embedding / LM-head weights."""
     fingerprint = {**target.fingerprint(), "weights": target.weights_fingerprint()}
     config = DraftConfig.from_target(target.config, arch, fingerprint, num_key_value_heads)
+    config.last_state_skip = last_state_skip
     draft = draft_class(arch)(config)
     _init_weights(draft, getattr(target.config, "initializer_range", 0.02))
     return draft.to(device=target.device, dtype=torch.float32).bind_target(target)
@@ -211,3 +214,5 @@ def _init_weights(draft: DraftModel, std: float) -> None:
             torch.nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
+    for module in draft.zero_initialised():
+        torch.nn.init.zeros_(module.weight)

@@ -22,6 +22,7 @@ class DraftConfig:
     ``weights``: a fingerprint of its embedding / LM head, see :mod:`beagle.target_model.fingerprint`).
     draft_vocab_size / draft_vocab_coverage: N and the coverage of the draft vocabulary stored next to the
     weights (``draft_vocab.safetensors``, see :mod:`beagle.vocab`); None = the target's full vocabulary.
+    last_state_skip: Beagle's last-state skip (:mod:`beagle.models.beagle.model`); False for EAGLE-2.
     """
 
     arch: str
@@ -39,6 +40,7 @@ class DraftConfig:
     training: dict = field(default_factory=dict)
     draft_vocab_size: int | None = None
     draft_vocab_coverage: float | None = None
+    last_state_skip: bool = False  # Beagle: W·norm(newest visible state) added to the residual (beyond the paper)
 
     def __post_init__(self):
         architecture(self.arch)  # BeagleError for an unknown one

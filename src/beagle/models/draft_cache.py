@@ -36,6 +36,11 @@ class DraftCache:
         self.level = 0
         self.level_hidden: torch.Tensor | None = None  # [n, d] hidden states of the current level
         self.ancestors = torch.zeros(1, 0, dtype=torch.bool, device=device)
+        self.last_state: torch.Tensor | None = None  # [1, d] newest committed true state (Beagle's last-state skip)
+
+    def remember_last_state(self, state: torch.Tensor) -> None:
+        """state: [1, d], the newest true state committed (read by a draft with the last-state skip)."""
+        self.last_state = state
 
     # --------------------------------------------------------------- storage
     def _reserve(self, extra: int) -> None:
@@ -133,8 +138,11 @@ class FastDraftCache(DraftCache):
     Python ints: they depend on the tree settings only, not on the data.
     """
 
-    def __init__(self, kv_heads: int, head_dim: int, device, dtype, capacity: int, tree_slots: int):
+    def __init__(self, kv_heads: int, head_dim: int, device, dtype, capacity: int, tree_slots: int,
+                 state_size: int | None = None):
         super().__init__(kv_heads, head_dim, device, dtype, capacity + tree_slots)
+        if state_size is not None:  # a fixed buffer, so that the captured phases read and write one tensor
+            self.last_state = torch.zeros(1, state_size, device=device, dtype=dtype)
         self.keys.zero_()
         self.values.zero_()  # hidden slots must hold finite values (0 × NaN is NaN in attention)
         self.capacity = capacity
@@ -150,6 +158,12 @@ class FastDraftCache(DraftCache):
 
     def _reserve(self, extra: int) -> None:  # fixed store: nothing grows
         return
+
+    def remember_last_state(self, state: torch.Tensor) -> None:
+        if self.last_state is None:
+            self.last_state = state.clone()
+        else:
+            self.last_state.copy_(state)
 
     def commit(self, keys: torch.Tensor, values: torch.Tensor, count=None) -> None:
         """Write L entries at slots ``length_t ..``; the first ``count`` ([1] tensor, default L) become

@@ -55,6 +55,10 @@ class TrainConfig:
     draft_kv_heads: int | None = option(
         None, "the draft's own number of key/value heads, a divisor of the target's attention heads (default: "
         "the target's; with cross-attention the values are the draft's only channel from the states)")
+    last_state_skip: bool = option(
+        False, "Beagle beyond the paper: add W·norm(newest visible state) to the draft's residual (W starts at "
+        "zero, so it also fine-tunes a draft trained without it, with --init-draft); a full-width path past the "
+        "values' KV·hd dimensions")
     init_draft: str | None = option(
         None, "start from this draft's weights instead of a fresh initialisation (a checkpoint folder or shipped "
         "name, of --arch): fine-tune it, e.g. on regenerated answers")

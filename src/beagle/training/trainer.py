@@ -76,6 +76,9 @@ def initial_draft(config: TrainConfig, target):
         raise BeagleError(f"--init-draft {config.init_draft} holds an --arch {draft.config.arch} draft, not {config.arch}; "
                           f"pass --arch {draft.config.arch}")
     draft.config.target = {**target.fingerprint(), "weights": target.weights_fingerprint()}
+    if config.last_state_skip and not draft.config.last_state_skip:
+        draft.enable_last_state_skip()  # zero weights: the loaded draft's outputs are unchanged
+        logger.info("added the last-state skip (zero-initialised) to %s", config.init_draft)
     logger.info("starting from the weights of %s", config.init_draft)
     return draft
 
@@ -140,7 +143,8 @@ class Trainer:
         if config.init_draft is not None:
             self.draft = initial_draft(config, target).to(self.device).train()
         else:
-            self.draft = build_draft(target, config.arch, config.draft_kv_heads).to(self.device).train()
+            self.draft = build_draft(target, config.arch, config.draft_kv_heads,
+                                     config.last_state_skip).to(self.device).train()
         if config.draft_vocab is not None:
             self.draft.set_vocab(self._draft_vocab())
         if config.shards_draft:

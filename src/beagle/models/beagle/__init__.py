@@ -19,10 +19,12 @@ ARCHITECTURE = register(Architecture(
     # CE 1 : feature regression 10 and Gaussian input noise (paper §2.2).
     loss_defaults=LossDefaults(ce_weight=1.0, vloss_weight=10.0, noise="gaussian"),
     stages=2,
+    options=("last_state_skip",),
     default=True,
     parameter_note="""\
 beagle: q,k,v,o projections + SwiGLU MLP + 3 RMSNorms
-        = d·H·hd + 2·d·KV·hd + H·hd·d + 3·d·I + 3·d       (≈ 202M for a LLaMA-2-7B target)""",
+        = d·H·hd + 2·d·KV·hd + H·hd·d + 3·d·I + 3·d       (≈ 202M for a LLaMA-2-7B target)
+        (--last-state-skip: + d² + d)""",
     schedule_note="""\
 beagle trains --epochs-stage1 epochs of multi-token prediction (inverse block mask, window --window) then
 --epochs-stage2 epochs of training-time simulation (--sim-steps steps, constant memory).""",

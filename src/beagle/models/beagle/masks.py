@@ -105,3 +105,16 @@ def simulation_mask(
     limit = query_wp.clamp_max(step)  # min(wp, step)
     predicted_part = (key_blocks[:, None, :] == query_blocks[:, :, None]) & (key_wp[:, None, :] < limit[:, :, None])
     return torch.cat([true_part, predicted_part], dim=-1)[:, None]
+
+
+def most_recent_visible(states: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """For each query, the visible state of the largest position (zeros where a query sees none).
+
+    states: [B, S, d]; positions: [B, S] long; mask: [B, 1, T, S] bool (True = visible). Returns [B, T, d].
+    In Beagle's training masks no two visible keys of a query share a position (a position is seen either as
+    its true state or as its predicted one), so the choice is unique.
+    """
+    score = torch.where(mask[:, 0], positions[:, None, :], -1)  # [B, T, S]
+    best, index = score.max(dim=-1)  # [B, T]
+    picked = states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
+    return picked * (best >= 0)[..., None].to(picked.dtype)

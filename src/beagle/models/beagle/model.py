@@ -8,6 +8,16 @@ states, or (while drafting) the draft's own states along the node's ancestry. Th
 diagonal is masked too (query n sees states j < n). Pre-RMSNorm on each input stream
 and before the MLP, RoPE at each side's own positions, GQA as in the target. No fusion
 layer, no self-attention, no final norm (the target's LM head reads h_n directly).
+
+Last-state skip (``DraftConfig.last_state_skip``, ``beagle train --last-state-skip``; beyond the paper)::
+
+    y_n = CrossAttn(...) + e(t_n) + W_s · norm_s(h_last(n))
+
+where h_last(n) is the most recent state query n sees (the largest position among its visible keys: the
+true state h_{n-1} for a root, the parent's draft state for a tree node, or the last true state without
+concat). With GQA the cross-attention reads a state only through its KV·hd value dimensions (192 of 576 for
+SmolLM2); the skip adds a full-width path for the one state the heads weigh most. W_s starts at zero, so
+enabling it on a trained draft (:meth:`BeagleDraft.enable_last_state_skip`) changes nothing until trained.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import torch
 
 from beagle.models.base import DraftModel
 from beagle.models.beagle import ARCHITECTURE
+from beagle.models.beagle.masks import most_recent_visible
 from beagle.models.config import DraftConfig
 from beagle.models.layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
 from beagle.models.params import layer_parameter_count
@@ -34,11 +45,33 @@ class BeagleDraft(DraftModel):
         self.mlp_norm = RMSNorm(size, eps)
         self.mlp = SwiGLU(config)
         self.rotary = RotaryEmbedding(config)
+        self.skip_norm = self.skip = None
+        if config.last_state_skip:
+            self._add_skip()
+
+    def _add_skip(self) -> None:
+        size = self.config.hidden_size
+        self.skip_norm = RMSNorm(size, self.config.rms_norm_eps)
+        self.skip = torch.nn.Linear(size, size, bias=False)
+        torch.nn.init.zeros_(self.skip.weight)
+
+    def zero_initialised(self) -> list[torch.nn.Linear]:
+        return [self.skip] if self.skip is not None else []
+
+    def enable_last_state_skip(self) -> "BeagleDraft":
+        """Add the last-state skip (zero weights: outputs unchanged) to a draft built or trained without it."""
+        if self.skip is None:
+            self.config.last_state_skip = True
+            self._add_skip()
+            self.skip_norm.to(device=self.query_norm.weight.device, dtype=self.query_norm.weight.dtype)
+            self.skip.to(device=self.query_norm.weight.device, dtype=self.query_norm.weight.dtype)
+        return self
 
     @classmethod
     def parameter_count(cls, config: DraftConfig) -> int:
-        """Attention (q, k, v, o) + SwiGLU + 3 norms (query, state and MLP)."""
-        return layer_parameter_count(config) + 3 * config.hidden_size
+        """Attention (q, k, v, o) + SwiGLU + 3 norms (query, state and MLP) [+ the skip's d² + d]."""
+        skip = config.hidden_size ** 2 + config.hidden_size if config.last_state_skip else 0
+        return layer_parameter_count(config) + 3 * config.hidden_size + skip
 
     # ------------------------------------------------------------- Eq. 1–2
     def project_states(self, states: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +89,19 @@ class BeagleDraft(DraftModel):
         keys: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor | None,
+        last_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draft states of query tokens. token_ids/positions: [B, T]; keys/values: [B, KV, S, hd];
-        mask: [B or 1, 1, T, S] bool (True = visible) or None (all visible). Returns [B, T, d]."""
+        mask: [B or 1, 1, T, S] bool (True = visible) or None (all visible); last_states: [B, T, d], the most
+        recent state each query sees (read only with the last-state skip; zeros for a query that sees none).
+        Returns [B, T, d]."""
         embedded = self.embed_tokens(token_ids)
         rope = self.rotary(positions, embedded.dtype)
         attended = self.cross_attn(self.query_norm(embedded), rope, keys, values, mask) + embedded
+        if self.skip is not None:
+            if last_states is None:
+                raise ValueError("a draft with the last-state skip needs last_states")
+            attended = attended + self.skip(self.skip_norm(last_states.to(attended.dtype)))
         return self.mlp(self.mlp_norm(attended)) + attended
 
     def forward(self, token_ids: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,7 +112,8 @@ class BeagleDraft(DraftModel):
         positions = torch.arange(length, device=token_ids.device).expand(batch, length)
         state_positions = positions.repeat(1, states.shape[1] // length)
         keys, values = self.project_states(states, state_positions)
-        return self.decode(token_ids, positions, keys, values, mask)
+        last = most_recent_visible(states, state_positions, mask) if self.skip is not None else None
+        return self.decode(token_ids, positions, keys, values, mask, last)
 
     # ------------------------------------------------------------ inference
     def start_round(self, cache, new_tokens, new_states, start, root_token, count=None) -> torch.Tensor:
@@ -89,10 +130,15 @@ class BeagleDraft(DraftModel):
             positions = cache.positions(start, written)
             keys, values = self.project_states(new_states[None].to(device), positions)
             cache.commit(keys, values, count)
+        if self.skip is not None and written:  # the newest true state (the root sees it, no-concat nodes too)
+            last = torch.as_tensor(count, device=new_states.device).reshape(1) - 1
+            cache.remember_last_state(new_states.index_select(0, last.clamp(min=0)).to(device, self.dtype))
         root_position = start + count
         keys, values = cache.visible()
         root = torch.as_tensor(root_token, device=device).reshape(1, 1)
-        hidden = self.decode(root, cache.same_positions(root_position, 1), keys, values, cache.committed_mask(1))[0]
+        last = cache.last_state[None] if self.skip is not None else None
+        hidden = self.decode(root, cache.same_positions(root_position, 1), keys, values, cache.committed_mask(1),
+                             last)[0]
         cache.begin_tree(root_position, hidden)
         return hidden
 
@@ -105,14 +151,18 @@ class BeagleDraft(DraftModel):
         """
         cache.level += 1
         position = cache.root_position + cache.level
+        previous = cache.level_hidden  # [m, d] states at position - 1
         if cache.concat:
-            previous = cache.level_hidden  # [m, d] states at position - 1
             keys, values = self.project_states(previous[None], cache.same_positions(position - 1, previous.shape[0]))
             cache.add_tree_entries(keys, values, parents, owner=parents)
         else:
             cache.inherit(parents)
+        last = None
+        if self.skip is not None:  # concat: the parent's draft state; else the newest true state
+            last = (previous[parents] if cache.concat else cache.last_state.expand(tokens.shape[0], -1))[None]
         keys, values = cache.visible()
         positions = cache.same_positions(position, tokens.shape[0])
-        hidden = self.decode(tokens[None].to(self.device), positions, keys, values, cache.mask())[0]
+        hidden = self.decode(tokens[None].to(self.device), positions, keys, values, cache.mask(), last)[0]
         cache.level_hidden = hidden
         return hidden
+

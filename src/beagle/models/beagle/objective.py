@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from beagle.models.beagle import ARCHITECTURE
-from beagle.models.beagle.masks import has_context, inverse_block_mask, simulation_mask, window_positions
+from beagle.models.beagle.masks import (
+    has_context,
+    inverse_block_mask,
+    most_recent_visible,
+    simulation_mask,
+    window_positions,
+)
 from beagle.models.objective import (
     ObjectiveOutput,
     TrainBatch,
@@ -131,8 +137,10 @@ def simulate_drafting(
     for step in range(1, steps + 1):
         query_positions, query_valid = _rows_where(window_pos == step)
         mask = simulation_mask(length, window, offsets, step, query_positions)
-        keys, values = draft.project_states(torch.cat([states, buffer], dim=1), kv_positions)
-        hidden = draft.decode(input_ids.gather(1, query_positions), query_positions, keys, values, mask)
+        visible_states = torch.cat([states, buffer], dim=1)
+        keys, values = draft.project_states(visible_states, kv_positions)
+        last = most_recent_visible(visible_states, kv_positions, mask) if draft.skip is not None else None
+        hidden = draft.decode(input_ids.gather(1, query_positions), query_positions, keys, values, mask, last)
         yield SimulationStep(step, query_positions, query_valid, hidden)
         with torch.no_grad():
             target_rows = rows.expand_as(query_positions)[query_valid]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from beagle.errors import BeagleError
 from beagle.models.base import DraftModel
 from beagle.models.eagle2 import ARCHITECTURE
 from beagle.models.config import DraftConfig
@@ -26,6 +27,9 @@ class Eagle2Draft(DraftModel):
 
     def __init__(self, config: DraftConfig):
         super().__init__(config)
+        if config.last_state_skip:
+            raise BeagleError("the last-state skip is a Beagle option; an EAGLE-2 draft reads its last state "
+                              "through fc already (drop last_state_skip / --last-state-skip)")
         size = config.hidden_size
         self.fc = nn.Linear(2 * size, size, bias=True)
         self.self_attn = Attention(config)
