@@ -188,7 +188,7 @@ def test_ablations_and_retrain_recipes_tiny(tmp_path):
     assert [entry["stage"] for entry in runs["beagle"]["history"]] == [1, 2]
     assert [entry["stage"] for entry in runs["beagle-stage1"]["history"]] == [1, 1]
     trained_pairs = [pair for pair in variants.PAIRS if {pair[1], pair[2]} <= set(variants.DEFAULT_VARIANTS)]
-    assert len(summary["pairs"]) == len(trained_pairs) == 11 and summary["regenerate"]["written"] == 15
+    assert len(summary["pairs"]) == len(trained_pairs) == 14 and summary["regenerate"]["written"] == 15
     assert runs["beagle-skip-ft"]["complete"] and "last-state skip vs none (fine-tuned)" in \
         [pair["question"] if isinstance(pair, dict) else pair[0] for pair in summary["pairs"]]
     for arch in ("beagle", "eagle2"):

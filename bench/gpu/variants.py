@@ -20,6 +20,9 @@ class Variant:
     sim_steps: int | None = None  # --sim-steps
     all_kv_heads: bool = False  # --draft-kv-heads = every attention head (the knob --kv-all)
     last_state_skip: bool = False  # --last-state-skip (Beagle beyond the paper)
+    first_position_weight: float | None = None  # --first-position-weight (Beagle)
+    noise_std: float | None = None  # --noise-std (with the architecture's own kind of noise)
+    lr_schedule: str | None = None  # --lr-schedule (decay to 0 at the last planned step)
     fine_tune: bool = False  # start from the shipped draft of its arch (--init-draft, lr --lr-ft)
 
 
@@ -40,12 +43,19 @@ VARIANTS = {
                          fine_tune=True),
     "eagle2-ft": Variant("eagle2", "regenerated", "the shipped EAGLE-2 draft fine-tuned (--init-draft, lr --lr-ft)",
                          fine_tune=True),
+    "beagle-ft-first2": Variant("beagle", "regenerated", "beagle-ft with --first-position-weight 2", fine_tune=True,
+                                first_position_weight=2.0),
+    "beagle-ft-cosine": Variant("beagle", "regenerated", "beagle-ft with --lr-schedule cosine", fine_tune=True,
+                                lr_schedule="cosine"),
+    "eagle2-ft-noise": Variant("eagle2", "regenerated", "eagle2-ft with EAGLE's own noise scale, U(±0.1) "
+                               "(--noise-std 0.0577)", fine_tune=True, noise_std=0.0577),
     "beagle-skip-ft": Variant("beagle", "regenerated", "the shipped Beagle draft fine-tuned with --last-state-skip "
                               "(zero-initialised)", fine_tune=True, last_state_skip=True),
 }
 # The variants `driver.py ablations` trains unless --variants names others.
 DEFAULT_VARIANTS = ["beagle", "beagle-fixed", "beagle-stage1", "beagle-window3", "beagle-sim5", "beagle-kv", "eagle2",
-                    "beagle-ft", "eagle2-ft", "beagle-skip", "beagle-skip-ft"]
+                    "beagle-ft", "eagle2-ft", "beagle-skip", "beagle-skip-ft", "beagle-ft-first2", "beagle-ft-cosine",
+                    "eagle2-ft-noise"]
 PAIRS = [  # (question, run, reference) of the table's Δτ_sim column
     ("regenerated vs fixed data (Beagle)", "beagle", "beagle-fixed"),
     ("stage 1 + 2 vs stage 1 only", "beagle", "beagle-stage1"),
@@ -59,6 +69,9 @@ PAIRS = [  # (question, run, reference) of the table's Δτ_sim column
     ("EAGLE-2 vs Beagle (fine-tuned)", "eagle2-ft", "beagle-ft"),
     ("last-state skip vs none (from scratch)", "beagle-skip", "beagle"),
     ("last-state skip vs none (fine-tuned)", "beagle-skip-ft", "beagle-ft"),
+    ("first position weight 2 vs 1 (fine-tuned)", "beagle-ft-first2", "beagle-ft"),
+    ("cosine decay vs constant LR (fine-tuned)", "beagle-ft-cosine", "beagle-ft"),
+    ("EAGLE's noise scale vs 0.2 (EAGLE-2 fine-tuned)", "eagle2-ft-noise", "eagle2-ft"),
 ]
 
 
@@ -95,6 +108,12 @@ def train_args(name: str, knobs: TrainKnobs) -> list[str]:
         args += ["--init-draft", str(knobs.init_drafts[variant.arch]), "--lr", str(knobs.lr_ft)]
     if variant.last_state_skip:
         args += ["--last-state-skip"]
+    if variant.first_position_weight is not None:
+        args += ["--first-position-weight", str(variant.first_position_weight)]
+    if variant.noise_std is not None:
+        args += ["--noise-std", str(variant.noise_std)]
+    if variant.lr_schedule is not None:
+        args += ["--lr-schedule", variant.lr_schedule]
     return args
 
 

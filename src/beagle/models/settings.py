@@ -24,7 +24,8 @@ class ObjectiveSettings:
     """window: stage-1 block size k. sim_steps: stage-2 simulated steps s. stage2_window: stage-2 block
     size (default s). ttt_steps: unrolled training-time-test steps (1 = none). ce_weight / vloss_weight /
     noise: None = the architecture's defaults (its registration's ``loss_defaults``); noise_std 0.2.
-    ttt_decay: EAGLE-3's per-step loss decay. loss_chunk: rows per checkpointed chunk of the LM-head
+    ttt_decay: EAGLE-3's per-step loss decay. first_position_weight: Beagle's weight of window position 1 (the
+    next-token prediction) relative to the later positions, in both stages (1: the paper's). loss_chunk: rows per checkpointed chunk of the LM-head
     losses (None: all at once; see :func:`~beagle.models.losses.position_losses`)."""
 
     window: int = 5
@@ -36,6 +37,7 @@ class ObjectiveSettings:
     noise: str | None = None
     noise_std: float = 0.2
     ttt_decay: float = 0.8
+    first_position_weight: float = 1.0
     loss_chunk: int | None = None
 
     def resolved(self, defaults: LossDefaults) -> "ObjectiveSettings":
@@ -50,5 +52,6 @@ class ObjectiveSettings:
             noise=self.noise or defaults.noise,
             noise_std=self.noise_std,
             ttt_decay=self.ttt_decay,
+            first_position_weight=self.first_position_weight,
             loss_chunk=self.loss_chunk,
         )

@@ -170,6 +170,7 @@ def save_checkpoint(out: Path, config: TrainConfig, draft, model_state: dict, op
         "data": config.data, "features": config.features, "draft_vocab": config.draft_vocab,
         "regenerate": config.regenerate, "eval_data": config.eval_data, "draft_kv_heads": config.draft_kv_heads,
         "last_state_skip": config.last_state_skip,
+        "first_position_weight": config.first_position_weight, "noise": config.noise, "noise_std": config.noise_std,
         "init_draft": config.init_draft, "warmup": config.warmup, "lr_schedule": schedule.kind,
         "min_lr_ratio": schedule.min_ratio, "lr_total_steps": schedule.total_steps,
         "eval": progress.history[-1] if progress.history else None,

@@ -59,6 +59,16 @@ class TrainConfig:
         False, "Beagle beyond the paper: add W·norm(newest visible state) to the draft's residual (W starts at "
         "zero, so it also fine-tunes a draft trained without it, with --init-draft); a full-width path past the "
         "values' KV·hd dimensions")
+    first_position_weight: float = option(
+        1.0, "Beagle: the loss weight of window position 1 (next-token prediction) relative to the later ones, in "
+        "both stages (default 1, the paper's: position 1 then carries 1/--window of stage 1's loss and "
+        "--sim-steps/(1+...+--sim-steps) of stage 2's)")
+    noise: str | None = option(
+        None, "input noise on the target states in training: gaussian (Beagle's default), uniform (EAGLE-2's), "
+        "none", choices=("gaussian", "uniform", "none"))
+    noise_std: float = option(
+        0.2, "the input noise's standard deviation (default 0.2; uniform noise is U(±√3·std), so the U(±0.1) of EAGLE's code "
+        "at 512 tokens is --noise uniform --noise-std 0.0577)")
     init_draft: str | None = option(
         None, "start from this draft's weights instead of a fresh initialisation (a checkpoint folder or shipped "
         "name, of --arch): fine-tune it, e.g. on regenerated answers")
@@ -128,8 +138,6 @@ class TrainConfig:
     grad_clip: float = 0.5  # max grad norm
     ce_weight: float | None = None  # None: the architecture's default (its registration's loss_defaults)
     vloss_weight: float | None = None  # None: the architecture's default
-    noise: str | None = None  # gaussian | uniform | none; None: the architecture's default
-    noise_std: float = 0.2
     heldout_fraction: float = 0.02
     heldout_max: int = 256
     regenerate_max_new_tokens: int = 1024
@@ -168,6 +176,8 @@ class TrainConfig:
         if self.stage2_window is not None and self.stage2_window < self.sim_steps:
             raise BeagleError("the stage-2 window must be at least --sim-steps")
         self._check_architecture_options()
+        if not self.first_position_weight > 0 or self.noise_std < 0:
+            raise BeagleError("--first-position-weight must be positive and --noise-std at least 0")
         if self.draft_kv_heads is not None and self.draft_kv_heads < 1:
             raise BeagleError(f"--draft-kv-heads must be at least 1 (got {self.draft_kv_heads})")
         if self.init_draft is not None and self.draft_kv_heads is not None:
@@ -222,6 +232,7 @@ class TrainConfig:
             vloss_weight=self.vloss_weight,
             noise=self.noise,
             noise_std=self.noise_std,
+            first_position_weight=self.first_position_weight,
             loss_chunk=self.loss_chunk,
         )
 

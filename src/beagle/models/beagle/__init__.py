@@ -19,7 +19,7 @@ ARCHITECTURE = register(Architecture(
     # CE 1 : feature regression 10 and Gaussian input noise (paper §2.2).
     loss_defaults=LossDefaults(ce_weight=1.0, vloss_weight=10.0, noise="gaussian"),
     stages=2,
-    options=("last_state_skip",),
+    options=("last_state_skip", "first_position_weight"),
     default=True,
     parameter_note="""\
 beagle: q,k,v,o projections + SwiGLU MLP + 3 RMSNorms

@@ -47,7 +47,8 @@ class BeagleStage1:
 
     One forward over [B, T] queries and the noisy true states; the query at window position i is an
     i-step-ahead prediction. Terms = window positions 1..k (for per-position metrics); the loss is the
-    plain mean over all of them: every trained position counts equally.
+    mean over all of them, window position 1 weighted ``first_position_weight`` (1: every trained position
+    counts equally, the paper's; position 1 then carries ≈ 1/k of the loss).
     """
 
     name = "beagle-stage1"
@@ -74,7 +75,12 @@ class BeagleStage1:
         hidden = draft(batch.input_ids, batch.noisy_states(settings.noise, settings.noise_std), mask)  # [B, T, d]
         loss, parts = selected_losses(draft, hidden, batch.states, valid, settings)
         total = float(denominators.sum())
-        loss = loss.sum() / max(total, 1.0)
+        first = settings.first_position_weight
+        if first == 1.0:
+            loss = loss.sum() / max(total, 1.0)
+        else:  # the weighted mean over the global batch: sum_i w_i · l_i / sum_i w_i
+            weights = torch.where(positions[valid] == 1, first, 1.0).to(loss.dtype)
+            loss = (loss * weights).sum() / max(total + (first - 1.0) * float(denominators[0]), 1.0)
         metrics = {"loss": float(loss.detach()), "ce": share(parts["ce"], total),
                    "vloss": share(parts["vloss"], total), "top1": share(parts["top1"], total)}
         selected_positions = positions[valid]
@@ -176,6 +182,7 @@ class BeagleStage2:
         self.num_terms = self.settings.sim_steps
         window = self.settings.stage2_window
         weights = torch.tensor([window - i + 1 for i in range(1, self.num_terms + 1)], dtype=torch.float64)
+        weights[0] *= self.settings.first_position_weight  # 1: the paper's β_1 = k2
         self.weights = (weights / weights.sum()).tolist()
 
     def _selection(self, batch: TrainBatch):
